@@ -1,0 +1,1 @@
+"""camegrad-jax: multi-task gradient methods (CAME-Grad first) as optax transformations."""
