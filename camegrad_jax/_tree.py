@@ -1,0 +1,127 @@
+"""Operations on stacked per-task gradient pytrees (every leaf has a leading task axis of size K).
+
+The multi-task methods in this package need only two passes over the stacked gradients: one
+that reduces them to the K × K Gram matrix, and one that forms a weighted sum Σ_i β_i g_i. Both
+live here so that every method shares one implementation (and one place to make them fast).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.tree_util import keystr, tree_flatten_with_path
+
+PyTree = Any
+MaskOrFn = PyTree | Callable[[PyTree], PyTree] | None
+
+
+def task_axis_size(task_updates: PyTree, name: str = "task_updates") -> int:
+    """Returns K, the size of the leading task axis shared by every leaf, or raises ValueError."""
+    leaves = tree_flatten_with_path(task_updates)[0]
+    if not leaves:
+        raise ValueError(f"`{name}` has no array leaves; expected stacked per-task gradients.")
+    sizes = {}
+    for path, leaf in leaves:
+        if jnp.ndim(leaf) == 0:
+            raise ValueError(
+                f"`{name}` leaf {keystr(path)} is a scalar; every leaf needs a leading task axis "
+                "(shape (K, *param_shape))."
+            )
+        sizes.setdefault(jnp.shape(leaf)[0], keystr(path))
+    if len(sizes) > 1:
+        found = ", ".join(f"K = {k} at {p}" for k, p in sizes.items())
+        raise ValueError(f"`{name}` leaves disagree on the task axis size: {found}.")
+    return next(iter(sizes))
+
+
+def check_stacked_against_params(task_updates: PyTree, params: PyTree, num_tasks: int) -> None:
+    """Stacked gradients must be params with a leading task axis: fail loudly, never broadcast."""
+    updates_def = jax.tree.structure(task_updates)
+    params_def = jax.tree.structure(params)
+    if updates_def != params_def:
+        raise ValueError(
+            "The stacked task gradients and `params` have different tree structures:\n"
+            f"  task_updates: {updates_def}\n  params:       {params_def}"
+        )
+    for (path, update), param in zip(
+        tree_flatten_with_path(task_updates)[0], jax.tree.leaves(params), strict=True
+    ):
+        expected = (num_tasks, *jnp.shape(param))
+        if jnp.shape(update) != expected:
+            raise ValueError(
+                f"Task gradient leaf {keystr(path)} has shape {jnp.shape(update)}, expected "
+                f"{expected} (K = {num_tasks} stacked onto the parameter's shape "
+                f"{jnp.shape(param)}). Is the multi-task transformation first in the chain?"
+            )
+
+
+def accumulation_dtype(leaves: Sequence[jax.Array]) -> jnp.dtype:
+    """At least float32: Gram entries of bfloat16 gradients must not be summed in bfloat16."""
+    dtype = jnp.result_type(*[leaf.dtype for leaf in leaves]) if leaves else jnp.float32
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def gram_matrix(leaves: Sequence[jax.Array], dtype: jnp.dtype) -> jax.Array:
+    """G_ij = Σ_leaves <g_i, g_j>, accumulated in `dtype` (≥ float32)."""
+    num_tasks = leaves[0].shape[0]
+    gram = jnp.zeros((num_tasks, num_tasks), dtype)
+    for leaf in leaves:
+        flat = leaf.reshape(num_tasks, -1)
+        gram = gram + jnp.einsum("kn,jn->kj", flat, flat, preferred_element_type=dtype)
+    return gram
+
+
+def combine(leaves: Sequence[jax.Array], coefficients: jax.Array) -> list[jax.Array]:
+    """Σ_i coefficients_i · leaf[i] for each leaf, computed in ≥ float32, returned in leaf dtype.
+
+    `einsum` over the task axis rather than `sum(axis=0)`: on XLA:CPU the reduction over a short
+    leading axis is many times slower than the contraction.
+    """
+    out = []
+    for leaf in leaves:
+        dtype = jnp.promote_types(leaf.dtype, coefficients.dtype)
+        combined = jnp.einsum(
+            "k,k...->...", coefficients.astype(dtype), leaf, preferred_element_type=dtype
+        )
+        out.append(combined.astype(leaf.dtype))
+    return out
+
+
+def merge_by_mask(
+    shared: Sequence[jax.Array], private: Sequence[jax.Array], mask: Sequence[bool]
+) -> list[jax.Array]:
+    """Interleaves the shared and private leaves back into the original leaf order."""
+    shared_iter, private_iter = iter(shared), iter(private)
+    return [next(shared_iter) if is_shared else next(private_iter) for is_shared in mask]
+
+
+def resolve_mask(mask: MaskOrFn, task_updates: PyTree, params: PyTree | None) -> list[bool] | None:
+    """The shared-leaf mask flattened in the order of `task_updates`' leaves (None: all shared).
+
+    A callable mask is called with `params` when they are given to `update`, else with the stacked
+    gradients, like `optax.masked` calls its mask with whatever tree it has.
+    """
+    if mask is None:
+        return None
+    if callable(mask):
+        mask = mask(params if params is not None else task_updates)
+    try:
+        flags = jax.tree.leaves(
+            jax.tree.map(lambda m, _: bool(m), mask, task_updates), is_leaf=lambda x: x is None
+        )
+    except ValueError as error:
+        raise ValueError(
+            "Parameter `shared_mask` must have the tree structure of the parameters (one bool per "
+            f"leaf). {error}"
+        ) from None
+    if not any(flags):
+        raise ValueError("Parameter `shared_mask` marks no leaf as shared.")
+    return flags
+
+
+def flatten(tree: PyTree) -> tuple[list[jax.Array], Any]:
+    leaves, treedef = jax.tree.flatten(tree)
+    return leaves, treedef

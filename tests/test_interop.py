@@ -1,0 +1,261 @@
+"""The interoperability suite every stacked-gradient method passes (optax's `_common_test` idea).
+
+Each entry of `METHODS` builds a transformation for K tasks; methods that need the loss values
+declare it, and receive them as the `value` extra argument, as optax does.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import flax.linen as linen
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from flax.training import train_state
+
+import camegrad_jax as cg
+
+
+class Method(NamedTuple):
+    name: str
+    factory: Callable[..., optax.GradientTransformation]  # the public factory
+    fixed: dict = {}  # keyword arguments this entry always passes
+    needs_values: bool = False  # update needs `value=losses`
+    # A numeric hyper-parameter to schedule under inject_hyperparams, with a valid value.
+    injectable: tuple[str, float] | None = None
+
+    def partial(self, num_tasks: int):
+        return functools.partial(self.factory, num_tasks=num_tasks, **self.fixed)
+
+    def build(self, num_tasks: int, **hyper):
+        return self.partial(num_tasks)(**hyper)
+
+
+METHODS = [
+    Method("camegrad", cg.camegrad, injectable=("alpha", 0.3)),
+    Method("camegrad_apg", cg.camegrad, {"solver": "apg"}, injectable=("c", 0.4)),
+    Method("camegrad_setting_b", cg.camegrad, {"enhance": "noise"}, injectable=("gamma", 1.2)),
+    Method("linear_scalarization", cg.linear_scalarization),
+    Method("linear_scalarization_diagnostics", cg.linear_scalarization, {"diagnostics": True}),
+]
+IDS = [m.name for m in METHODS]
+
+
+def two_task_problem(dtype=jnp.float32):
+    """A shared vector pulled towards two different targets: the task gradients conflict."""
+    params = {"w": jnp.array([0.5, -1.0, 2.0], dtype), "b": jnp.array(0.3, dtype)}
+    targets = jnp.array([[1.0, 1.0, -1.0], [-1.0, 0.5, 1.0]], dtype)
+
+    def losses(p):
+        residual = p["w"][None, :] + p["b"] - targets
+        return jnp.sum(residual**2, axis=1)
+
+    return params, losses
+
+
+def extra_args(method: Method, values):
+    return {"value": values} if method.needs_values else {}
+
+
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+def test_first_in_chain_and_converges(method):
+    params, losses = two_task_problem()
+    tx = optax.chain(method.build(2), optax.adam(0.05))
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state):
+        values, grads = cg.task_gradients(losses, params)
+        updates, state = tx.update(grads, state, params, **extra_args(method, values))
+        return optax.apply_updates(params, updates), state, values
+
+    first = None
+    for _ in range(300):
+        params, state, values = step(params, state)
+        first = values if first is None else first
+    # Both tasks cannot reach 0 together; the sum must fall well below where it started.
+    assert float(jnp.sum(values)) < 0.6 * float(jnp.sum(first))
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+def test_no_recompilation_on_second_update(method):
+    params, losses = two_task_problem()
+    tx = method.build(2)
+    values, grads = cg.task_gradients(losses, params)
+    update = jax.jit(tx.update)
+    _, state = update(grads, tx.init(params), params, **extra_args(method, values))
+    _, state = update(grads, state, params, **extra_args(method, values))
+    _, state = update(grads, state, params, **extra_args(method, values))
+    assert update._cache_size() == 1
+
+
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+def test_state_is_stable_under_scan(method):
+    params, losses = two_task_problem()
+    tx = optax.chain(method.build(2), optax.sgd(0.01))
+
+    def body(carry, _):
+        params, state = carry
+        values, grads = cg.task_gradients(losses, params)
+        updates, state = tx.update(grads, state, params, **extra_args(method, values))
+        return (optax.apply_updates(params, updates), state), values
+
+    (params, _), values = jax.lax.scan(body, (params, tx.init(params)), length=5)
+    assert values.shape == (5, 2)
+
+
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_dtype_preserved(method, dtype):
+    params, losses = two_task_problem(dtype)
+    tx = method.build(2)
+    values, grads = cg.task_gradients(losses, params)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params, **extra_args(method, values))
+    for leaf, param in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
+        assert leaf.dtype == dtype
+        assert leaf.shape == param.shape
+        assert bool(jnp.all(jnp.isfinite(leaf)))
+
+
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+def test_tolerates_unknown_extra_args(method):
+    params, losses = two_task_problem()
+    tx = method.build(2)
+    values, grads = cg.task_gradients(losses, params)
+    updates, _ = tx.update(
+        grads, tx.init(params), params, unknown_argument=3, **extra_args(method, values)
+    )
+    assert jax.tree.structure(updates) == jax.tree.structure(params)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m.injectable], ids=lambda m: m.name)
+def test_inject_hyperparams_schedule(method):
+    name, value = method.injectable
+    params, losses = two_task_problem()
+    schedule = optax.linear_schedule(value, value / 2, transition_steps=4)
+    injected = optax.inject_hyperparams(method.partial(2))(**{name: schedule})
+    tx = optax.chain(injected, optax.sgd(0.01))
+    state = tx.init(params)
+    step = jax.jit(lambda g, s, p, v: tx.update(g, s, p, **extra_args(method, v)))
+    seen = []
+    for _ in range(3):
+        values, grads = cg.task_gradients(losses, params)
+        updates, state = step(grads, state, params, values)
+        params = optax.apply_updates(params, updates)
+        seen.append(float(state[0].hyperparams[name]))
+    np.testing.assert_allclose(seen, [value, value * 7 / 8, value * 6 / 8], rtol=1e-6)
+    # Same update as the un-injected transformation with the same value.
+    fixed = method.build(2, **{name: value})
+    values, grads = cg.task_gradients(losses, params)
+    a, _ = injected.update(grads, injected.init(params), params, **extra_args(method, values))
+    b, _ = fixed.update(grads, fixed.init(params), params, **extra_args(method, values))
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), a, b)
+
+
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+def test_with_apply_if_finite_downstream(method):
+    params, losses = two_task_problem()
+    tx = optax.chain(method.build(2), optax.apply_if_finite(optax.sgd(0.1), 3))
+    state = tx.init(params)
+    values, grads = cg.task_gradients(losses, params)
+    bad = jax.tree.map(lambda g: g.at[0].set(jnp.nan), grads)
+    updates, state = jax.jit(lambda g, s: tx.update(g, s, params, **extra_args(method, values)))(
+        bad, state
+    )
+    # The non-finite step is rejected (zero update) and counted.
+    assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
+    assert int(state[1].notfinite_count) == 1
+    updates, state = tx.update(grads, state, params, **extra_args(method, values))
+    assert any(bool(jnp.any(u != 0)) for u in jax.tree.leaves(updates))
+
+
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+def test_with_multi_steps_downstream(method):
+    params, losses = two_task_problem()
+    accumulate = optax.MultiSteps(optax.sgd(0.1), every_k_schedule=2)
+    tx = optax.chain(method.build(2), accumulate.gradient_transformation())
+    state = tx.init(params)
+    values, grads = cg.task_gradients(losses, params)
+    step = jax.jit(lambda g, s: tx.update(g, s, params, **extra_args(method, values)))
+    updates, state = step(grads, state)
+    assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))  # still accumulating
+    updates, state = step(grads, state)
+    assert any(bool(jnp.any(u != 0)) for u in jax.tree.leaves(updates))
+
+
+class _NNXTwoHead(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.trunk = nnx.Linear(4, 8, rngs=rngs)
+        self.head_a = nnx.Linear(8, 1, rngs=rngs)
+        self.head_b = nnx.Linear(8, 1, rngs=rngs)
+
+    def __call__(self, x):
+        z = jnp.tanh(self.trunk(x))
+        return self.head_a(z)[:, 0], self.head_b(z)[:, 0]
+
+
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+def test_flax_nnx_optimizer(method):
+    model = _NNXTwoHead(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.chain(method.build(2), optax.adam(1e-2)), wrt=nnx.Param)
+    x = jax.random.normal(jax.random.key(1), (32, 4))
+    y_a, y_b = jnp.sin(x.sum(1)), -jnp.sin(x.sum(1)) + x[:, 0]
+
+    @nnx.jit
+    def train_step(model, optimizer):
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def losses(params):
+            a, b = nnx.merge(graphdef, params, rest)(x)
+            return jnp.stack([jnp.mean((a - y_a) ** 2), jnp.mean((b - y_b) ** 2)])
+
+        values, grads = cg.task_gradients(losses, params)
+        optimizer.update(model, grads, **extra_args(method, values))
+        return values
+
+    first = train_step(model, optimizer)
+    for _ in range(100):
+        last = train_step(model, optimizer)
+    assert float(jnp.sum(last)) < 0.7 * float(jnp.sum(first))
+
+
+class _LinenTwoHead(linen.Module):
+    @linen.compact
+    def __call__(self, x):
+        z = jnp.tanh(linen.Dense(8)(x))
+        return linen.Dense(1)(z)[:, 0], linen.Dense(1)(z)[:, 0]
+
+
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+def test_flax_linen_train_state(method):
+    module = _LinenTwoHead()
+    x = jax.random.normal(jax.random.key(2), (32, 4))
+    y_a, y_b = jnp.cos(x.sum(1)), -jnp.cos(x.sum(1))
+    variables = module.init(jax.random.key(0), x)
+    state = train_state.TrainState.create(
+        apply_fn=module.apply,
+        params=variables["params"],
+        tx=optax.chain(method.build(2), optax.adam(1e-2)),
+    )
+
+    @jax.jit
+    def train_step(state):
+        def losses(params):
+            a, b = state.apply_fn({"params": params}, x)
+            return jnp.stack([jnp.mean((a - y_a) ** 2), jnp.mean((b - y_b) ** 2)])
+
+        values, grads = cg.task_gradients(losses, state.params)
+        # TrainState.apply_gradients forwards keyword arguments to tx.update.
+        return state.apply_gradients(grads=grads, **extra_args(method, values)), values
+
+    state, first = train_step(state)
+    for _ in range(100):
+        state, last = train_step(state)
+    assert float(jnp.sum(last)) < 0.7 * float(jnp.sum(first))
