@@ -1,14 +1,11 @@
 """The interoperability suite every stacked-gradient method passes (optax's `_common_test` idea).
 
-Each entry of `METHODS` builds a transformation for K tasks; methods that need the loss values
-declare it, and receive them as the `value` extra argument, as optax does.
+Each entry of `METHODS` (see `method_registry*.py`) builds a transformation for K tasks; methods
+that need the loss values declare it, and receive them as the `value` extra argument, as optax
+does.
 """
 
 from __future__ import annotations
-
-import functools
-from collections.abc import Callable
-from typing import NamedTuple
 
 import flax.linen as linen
 import jax
@@ -18,32 +15,13 @@ import optax
 import pytest
 from flax import nnx
 from flax.training import train_state
+from method_registry import CORE_METHODS, Method
+from method_registry_gradient import GRADIENT_METHODS
+from method_registry_loss import LOSS_METHODS
 
 import camegrad_jax as cg
 
-
-class Method(NamedTuple):
-    name: str
-    factory: Callable[..., optax.GradientTransformation]  # the public factory
-    fixed: dict = {}  # keyword arguments this entry always passes
-    needs_values: bool = False  # update needs `value=losses`
-    # A numeric hyper-parameter to schedule under inject_hyperparams, with a valid value.
-    injectable: tuple[str, float] | None = None
-
-    def partial(self, num_tasks: int):
-        return functools.partial(self.factory, num_tasks=num_tasks, **self.fixed)
-
-    def build(self, num_tasks: int, **hyper):
-        return self.partial(num_tasks)(**hyper)
-
-
-METHODS = [
-    Method("camegrad", cg.camegrad, injectable=("alpha", 0.3)),
-    Method("camegrad_apg", cg.camegrad, {"solver": "apg"}, injectable=("c", 0.4)),
-    Method("camegrad_setting_b", cg.camegrad, {"enhance": "noise"}, injectable=("gamma", 1.2)),
-    Method("linear_scalarization", cg.linear_scalarization),
-    Method("linear_scalarization_diagnostics", cg.linear_scalarization, {"diagnostics": True}),
-]
+METHODS = CORE_METHODS + GRADIENT_METHODS + LOSS_METHODS
 IDS = [m.name for m in METHODS]
 
 
