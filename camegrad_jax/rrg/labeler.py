@@ -1,0 +1,985 @@
+"""Report labelers for the 14 CheXpert observations, and their agreement with gold labels.
+
+`label_reports` is the default: an offline, rule-based labeler in the style of the CheXpert
+labeler (Irvin et al., 2019). Per observation it finds *mentions* (phrases as radiologists write
+them), then classifies each mention with CheXpert's order of rules:
+
+1. pre-negation uncertainty ("cannot exclude", "not excluded", "no new"): uncertain;
+2. negation ("no", "without", "negative for", "free of", "has resolved", "is normal"): negative;
+3. post-negation uncertainty ("may", "possible", "likely", "concerning for", "X or Y"):
+   uncertain;
+4. otherwise: positive.
+
+NegBio's dependency-graph patterns are replaced by cue windows: a cue reaches the mentions after
+it (forward cues) or the subject before it (backward cues, e.g. "... has resolved") within one
+clause, stopping at a comma or a verb; lists joined by commas and "and"/"or" ("no effusion,
+pneumothorax, or consolidation") share one scope. Mentions of one observation are aggregated as
+CheXpert does: positive > uncertain > negative > blank. ``no_finding`` is positive when the report
+is not empty and nothing but support devices is positive or uncertain, including the other
+abnormalities CheXpert tracks for this purpose (emphysema, granuloma, scoliosis, ...); otherwise it
+is blank (CheXpert never labels it negative).
+
+Deliberate choices, each also stated where it is coded:
+
+* "Heart size", "cardiac silhouette", "mediastinal contours" and the like are *attribute*
+  mentions: they take their label from a qualifier ("enlarged" positive; "normal", "within normal
+  limits", "not enlarged", "upper limits of normal" negative; "borderline", "stable",
+  "unchanged" uncertain, CheXpert's rule). Without a qualifier they are not mentions. A normal
+  "cardiomediastinal silhouette" is also a negative cardiomegaly mention (CheXpert labels only
+  enlarged cardiomediastinum); an enlarged one stays enlarged cardiomediastinum only.
+* "The lungs are clear" negates lung opacity, consolidation, edema and pneumonia (CheXpert
+  itself has no such rule; a clear-lung statement excludes those airspace processes).
+* "Vascular congestion", "pulmonary congestion", "vascular prominence", "indistinctness" and
+  "cephalization" are uncertain edema, and a positive or uncertain "heart failure"/"CHF" adds an
+  uncertain cardiomegaly, both as CheXpert does.
+* "No acute cardiopulmonary process" mentions no observation, as in CheXpert: it neither negates
+  findings nor sets ``no_finding`` by itself; ``no_finding`` follows from the rest of the report.
+* An empty report gets all blanks (CheXpert would call it "no finding").
+
+`CheXbertLabeler` runs the user's CheXbert checkpoint (Smit et al., 2020) when PyTorch and
+transformers are installed; neither is a dependency of this package.
+
+References:
+  Irvin et al., "CheXpert", AAAI 2019, https://arxiv.org/abs/1901.07031 (labeler:
+  github.com/stanfordmlgroup/chexpert-labeler).
+  Smit et al., "CheXbert", EMNLP 2020, https://arxiv.org/abs/2004.09167.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from camegrad_jax.rrg.observations import (
+    BLANK,
+    NEGATIVE,
+    NUM_LABEL_CLASSES,
+    NUM_OBSERVATIONS,
+    OBSERVATIONS,
+    POSITIVE,
+    UNCERTAIN,
+)
+
+_INDEX = {name: i for i, name in enumerate(OBSERVATIONS)}
+_NO_FINDING = _INDEX["no_finding"]
+_SUPPORT_DEVICES = _INDEX["support_devices"]
+# Abnormalities outside the 14 labels; they only stop `no_finding` from being positive.
+_OTHER = -1
+
+# ---------------------------------------------------------------------------------------------
+# Mention phrases (regular-expression fragments over normalised text: lower case, hyphens between
+# letters turned into spaces, "and/or" turned into "or").
+# ---------------------------------------------------------------------------------------------
+
+# Positive unless a cue says otherwise.
+_FINDING_PHRASES: dict[int, tuple[str, ...]] = {
+    _INDEX["enlarged_cardiomediastinum"]: (
+        r"widened (?:cardio)?mediastin(?:um|al (?:silhouettes?|contours?|shadow))",
+        r"widening of the (?:cardio)?mediastin(?:um|al (?:silhouettes?|contours?))",
+        r"(?:cardio)?mediastinal (?:widening|enlargement)",
+        r"enlarged (?:cardio)?mediastin(?:um|al (?:silhouettes?|contours?|shadow))",
+        r"enlargement of the (?:cardio)?mediastin(?:um|al (?:silhouettes?|contours?))",
+    ),
+    _INDEX["cardiomegaly"]: (
+        r"cardiomegaly",
+        r"cardiac enlargement",
+        r"enlarged (?:heart|cardiac (?:silhouette|shadow|contours?))",
+        r"enlargement of the (?:heart|cardiac (?:silhouette|shadow|contours?))",
+    ),
+    _INDEX["lung_opacity"]: (
+        r"opaci(?:ty|ties|fication|fications|fied)",
+        r"infiltrat(?:e|es|ion|ions)",
+        r"haziness",
+        r"hazy",
+        r"densit(?:y|ies)",
+        r"air ?space (?:disease|process|opacit(?:y|ies))",
+        r"ground glass",
+        r"(?:interstitial|reticular|reticulonodular) (?:markings?|pattern|changes?)",
+        r"reticulation",
+        r"increased (?:interstitial |lung |bronchovascular )?markings",
+        r"(?:parenchymal )?scar(?:ring|s)?",
+        r"peribronchial (?:thickening|cuffing)",
+        r"bronchial wall thickening",
+    ),
+    _INDEX["lung_lesion"]: (
+        r"nodules?",
+        r"nodular (?:densit(?:y|ies)|opacit(?:y|ies)|opacification)",
+        r"mass(?:es)?",
+        r"lesions?",
+        r"lump",
+        r"tumou?rs?",
+        r"neoplasms?",
+        r"carcinoma",
+    ),
+    _INDEX["edema"]: (
+        r"o?edema",
+        r"heart failure",
+        r"chf",
+        r"fluid overload",
+        r"volume overload",
+    ),
+    _INDEX["consolidation"]: (r"consolidat(?:ion|ions|ive|ed)",),
+    _INDEX["pneumonia"]: (
+        r"(?:broncho)?pneumonias?",
+        r"infections?",
+        r"infectious(?: process)?",
+    ),
+    _INDEX["atelectasis"]: (
+        r"atelecta(?:sis|ses|tic)",
+        r"volume loss",
+        r"collapsed?",
+    ),
+    _INDEX["pneumothorax"]: (r"(?:hydro)?pneumothora(?:x|ces)",),
+    _INDEX["pleural_effusion"]: (
+        r"effusions?",
+        r"pleural fluid",
+        r"fluid",
+        r"hydropneumothora(?:x|ces)",
+        r"blunt(?:ing|ed) of the (?:\w+ )?costophrenic (?:angles?|sulc(?:us|i))",
+        r"blunted (?:\w+ )?costophrenic (?:angles?|sulc(?:us|i))",
+        r"costophrenic (?:angles?|sulc(?:us|i)) (?:(?:is|are) )?(?:\w+ )?blunt(?:ed|ing)",
+    ),
+    _INDEX["pleural_other"]: (
+        r"pleural (?:thickening|scar(?:ring|s)?|plaques?|calcifications?|fibrosis)",
+        r"thickening of the pleura",
+        r"fibrothorax",
+        r"pleuro ?parenchymal (?:scar(?:ring|s)?|thickening|changes?)",
+        r"pleural parenchymal (?:scar(?:ring|s)?|thickening)",
+        r"apical (?:pleural )?cap(?:ping)?",
+    ),
+    _INDEX["fracture"]: (r"fractures?", r"fractured", r"fx"),
+    _INDEX["support_devices"]: (
+        r"tubes?",
+        r"lines?",
+        r"catheters?",
+        r"picc",
+        r"pacemakers?",
+        r"pacer",
+        r"(?:cardiac monitor(?:ing)?|monitoring|ecg|ekg|pacing|pacer|pacemaker|epicardial"
+        r"|transvenous) (?:wires?|leads?)",
+        r"wires?",
+        r"a?icd",
+        r"defibrillator",
+        r"loop recorder",
+        r"clips?",
+        r"stents?",
+        r"valve (?:replacement|prosthesis|repair)",
+        r"prosthetic (?:\w+ )?valve",
+        r"tavr|tavi",
+        r"ports?",
+        r"port a cath|portacath|mediport",
+        r"drains?",
+        r"hardware",
+        r"screws?",
+        r"plates?(?! like)",
+        r"rods?",
+        r"coils?",
+        r"cannula",
+        r"devices?",
+        r"apparatus",
+        r"electrodes?",
+        r"ett",
+        r"tracheostomy",
+        r"(?:ivc|vena cava) filter",
+        r"balloon pump|iabp",
+        r"lvad|ventricular assist device|impella",
+        r"swan ganz",
+        r"arthroplasty",
+    ),
+    # CheXpert's `no_finding` phrase list: findings outside the 14 labels. Ambiguous or
+    # overlapping entries of that list ("blunt", "density", "thickening", "prominen", "volume
+    # loss", "fissure") are left to the observations above or dropped.
+    _OTHER: (
+        r"emphysema(?:tous)?",
+        r"hyperinflat(?:ed|ion)",
+        r"hyperexpan(?:ded|sion)",
+        r"copd",
+        r"bullae|bulla|bullous",
+        r"scoliosis",
+        r"kyphosis|kyphotic",
+        r"degenerat(?:ive|ion)",
+        r"osteopenia|osteopenic",
+        r"osteophyt(?:es?|osis)",
+        r"hernias?",
+        r"eventration",
+        r"elevat(?:ed|ion)",
+        r"granulomas?|granulomata|granulomatous",
+        r"calcifi(?:ed|cation|cations)",
+        r"atheroscleros(?:is|tic)|atherosclerotic",
+        r"aortic (?:disease|ectasia|aneurysm)",
+        r"pneumomediastinum",
+        r"pneumoperitoneum",
+        r"subcutaneous (?:air|gas)",
+        r"hematoma",
+        r"hemorrhage",
+        r"metasta(?:sis|ses|tic)",
+        r"bronchitis",
+        r"bronchiolitis",
+        r"bronchiectasis",
+        r"airways? disease",
+        r"asthma",
+        r"bronchospasm",
+        r"aspiration",
+        r"contusion",
+        r"deformity|deformities",
+        r"osteodystrophy",
+        r"arthropathy",
+        r"thoracentesis",
+        r"bullet",
+        r"pulmonary (?:arterial )?hypertension",
+        r"fibrosis|fibrotic",
+    ),
+}
+
+# Uncertain unless negated (CheXpert's post-negation rules for these words).
+_UNCERTAIN_FINDING_PHRASES: dict[int, tuple[str, ...]] = {
+    _INDEX["edema"]: (
+        r"(?:pulmonary )?vascular congestion",
+        r"pulmonary congestion",
+        r"(?:pulmonary )?vascular prominence",
+        r"prominence of the pulmonary vasculature",
+        r"interstitial prominence",
+        r"indistinctness",
+        r"cephalization",
+    ),
+}
+
+# Labelled only through a qualifier such as "enlarged" or "normal" (see `_QUALIFIER`).
+_ATTRIBUTE_PHRASES: dict[int, tuple[str, ...]] = {
+    _INDEX["enlarged_cardiomediastinum"]: (
+        r"(?:cardio)?mediastinal(?: and hilar)? (?:silhouettes?|contours?|configuration|shadow"
+        r"|width|size)",
+        r"(?:cardio)?mediastinum",
+        r"pericardial silhouette",
+    ),
+    _INDEX["cardiomegaly"]: (
+        r"heart size",
+        r"size of the heart",
+        r"cardiac (?:size|silhouette|shadow|contours?|diameter)",
+        r"cardiopericardial silhouette",
+        r"cardiothoracic ratio",
+        r"heart shadow",
+        r"heart(?! failure)",
+        # "cardiac and mediastinal contours are normal" describes the heart too.
+        r"cardiac(?= and mediastinal)",
+    ),
+}
+
+# Attributes of a whole that take only a negative label for a part: a normal cardiomediastinal
+# silhouette has a normal heart, an enlarged one does not say which part is enlarged.
+_NORMAL_WHOLE_PHRASES: dict[int, tuple[str, ...]] = {
+    _INDEX["cardiomegaly"]: (r"cardiomediastinal (?:silhouettes?|contours?|shadow|size)",),
+}
+
+# A mention overlapping one of these is not a mention (CheXpert's "unmention" lists, extended).
+_UNMENTION_PHRASES: dict[int, tuple[str, ...]] = {
+    _INDEX["lung_opacity"]: (
+        r"pleural (?:scar(?:ring|s)?)",
+        r"pleuro ?parenchymal scar(?:ring|s)?",
+        r"pleural parenchymal scar(?:ring|s)?",
+        r"bone densit(?:y|ies)",
+    ),
+    _INDEX["lung_lesion"]: (
+        r"calcified (?:nodules?|granulomas?)",
+        r"(?:osseous|bony|bone|lytic|blastic|sclerotic|skin|cutaneous) lesions?",
+        r"mass effect",
+        r"body mass",
+    ),
+    _INDEX["edema"]: (r"(?:soft tissue|subcutaneous) o?edema",),
+    _INDEX["atelectasis"]: (r"(?:vertebral|vertebral body|compression) collapse",),
+    _INDEX["pleural_effusion"]: (
+        r"pericardial effusions?",
+        r"(?:joint|knee|shoulder|elbow) effusions?",
+        r"fluid overload",
+        r"air fluid levels?",
+        r"fluid filled",
+    ),
+    _INDEX["support_devices"]: (
+        # Anatomical and radiographic "lines" are not lines.
+        r"(?:mid|pleural|visceral|septal|kerley b?|skin|skin fold|fissure|azygo ?esophageal"
+        r"|paraspinal|paratracheal|paravertebral|junction|diaphragmatic|costal|fracture|hair)"
+        r" lines?",
+        r"in line",
+        r"end ?plates?",
+    ),
+}
+
+
+def _compile_alternatives(phrases: Sequence[str]) -> re.Pattern[str]:
+    # Longer alternatives first, so "pacer leads" wins over "pacer" at the same position
+    # (a regular expression takes the first alternative that matches, not the longest).
+    ordered = sorted(phrases, key=lambda p: len(re.sub(r"\(\?[=!][^)]*\)", "", p)), reverse=True)
+    return re.compile(r"\b(?:" + "|".join(ordered) + r")\b")
+
+
+_FINDING, _UNCERTAIN_FINDING = "finding", "uncertain_finding"
+_ATTRIBUTE, _NORMAL_WHOLE = "attribute", "normal_whole"
+_QUALIFIED = frozenset({_ATTRIBUTE, _NORMAL_WHOLE})  # kinds labelled by a qualifier
+_MENTION_PATTERNS: tuple[tuple[int, str, re.Pattern[str]], ...] = tuple(
+    (target, kind, _compile_alternatives(phrases))
+    for kind, table in (
+        (_FINDING, _FINDING_PHRASES),
+        (_UNCERTAIN_FINDING, _UNCERTAIN_FINDING_PHRASES),
+        (_ATTRIBUTE, _ATTRIBUTE_PHRASES),
+        (_NORMAL_WHOLE, _NORMAL_WHOLE_PHRASES),
+    )
+    for target, phrases in table.items()
+)
+_UNMENTION_PATTERNS = {t: _compile_alternatives(p) for t, p in _UNMENTION_PHRASES.items()}
+
+# "heart failure" / "chf" that is positive or uncertain adds an uncertain cardiomegaly (CheXpert).
+_HEART_FAILURE = re.compile(r"heart failure|chf")
+
+# ---------------------------------------------------------------------------------------------
+# Cues. Each is a regular expression with a direction: forward cues reach mentions after them
+# ("no effusion"), backward cues the subject before them ("effusion has resolved").
+# ---------------------------------------------------------------------------------------------
+_FORWARD, _BACKWARD, _BOTH = 1, 2, 3
+_COPULA = r"(?:is|are|was|were|appears?|remains?|looks?|seems?)"
+_CONDITION_ADVERBS = r"(?: (?:now|again|still|otherwise|grossly|essentially|overall|entirely))*"
+_SEEN = (
+    r"(?:seen|visualized|visible|present|identified|evident|apparent|demonstrated|noted|detected)"
+)
+
+
+def _cues(direction: int, *alternatives: str) -> tuple[int, re.Pattern[str]]:
+    pattern = "|".join(alternatives)
+    if direction & _BACKWARD:
+        # The copula belongs to the cue, so it does not stop the cue's reach: "pneumonia is
+        # not excluded".
+        pattern = rf"(?:(?:is|are|was|were|has been|have been) )?(?:{pattern})"
+    return direction, re.compile(rf"\b(?:{pattern})\b")
+
+
+_PRE_NEGATION_UNCERTAINTY = (
+    _cues(
+        _BOTH,
+        r"(?:cannot|could not|may not|can not) (?:be )?(?:entirely |completely |totally "
+        r"|definitely )?(?:excluded?|ruled out|rule out)",
+        r"difficult to (?:exclude|rule out)",
+    ),
+    _cues(_BACKWARD, r"not (?:been )?(?:excluded|ruled out)"),
+    # CheXpert: "no new X" leaves the old X possibly present.
+    _cues(_FORWARD, r"no new"),
+    _cues(
+        _BOTH,
+        r"not (?:well|clearly) (?:seen|visualized|evaluated|assessed)",
+        r"(?:poorly|incompletely) (?:seen|visualized|evaluated|assessed)",
+    ),
+)
+_NEGATION = (
+    _cues(
+        _FORWARD,
+        # Not "no longer" (a backward cue), nor "no change": "no change in the effusion" keeps it.
+        r"no(?! longer\b)(?! (?:(?:significant|appreciable|interval|substantial|definite) )*"
+        r"change)",
+        r"without(?! (?:(?:significant|appreciable|interval) )*change)",
+        r"not",
+        r"nor",
+        r"negative for",
+        r"free of",
+        r"clear of",
+        r"absence of",
+        r"resolution of",
+        r"removal of",
+        r"disappearance of",
+        r"drainage of",
+        r"history of",
+        r"rather than",
+        r"instead of",
+        r"rule out",
+        r"to exclude",
+    ),
+    # CheXpert: "no finding to suggest X". A pattern of its own, so the plain "no" above still
+    # negates the mentions inside it.
+    _cues(_FORWARD, r"(?:no|without|nothing)(?: \w+){0,6}? to (?:suggest|indicate|explain)"),
+    _cues(
+        _BOTH,
+        r"(?:(?:has|have|had) )?(?:been )?(?:(?:since|now|completely|nearly|largely|entirely) )?"
+        r"(?:resolved|cleared|removed|withdrawn)",
+        r"absent",
+        r"ruled out",
+    ),
+    _cues(
+        _BACKWARD,
+        rf"no longer (?:\w+ )?{_SEEN}",
+        rf"not (?!well\b|clearly\b)(?:\w+ )?{_SEEN}",
+        rf"{_COPULA}{_CONDITION_ADVERBS} (?:normal|unremarkable|within normal limits|negative)",
+    ),
+)
+_POST_NEGATION_UNCERTAINTY = (
+    _cues(
+        _FORWARD,
+        r"may",
+        r"might",
+        r"could",
+        r"possible",
+        r"possibly",
+        r"probable",
+        r"probably",
+        r"likely",
+        r"unlikely",
+        r"questionable",
+        r"question of",
+        r"questioned",
+        r"suspicious for",
+        r"suspicion (?:of|for)",
+        r"suspected",
+        r"suspect",
+        r"concerning for",
+        r"concern for",
+        r"worrisome for",
+        r"suggestive of",
+        r"suggest(?:s|ing|ion of)?",
+        r"raises? (?:the )?(?:possibility|question|concern)",
+        r"presumably",
+        r"presumed",
+        r"perhaps",
+        r"potential(?:ly)?",
+        r"equivocal",
+        r"indeterminate",
+        r"versus",
+        r"vs",
+        r"differential(?: diagnosis)?",
+        r"favou?r(?:s|ed)?",
+        r"consider(?:ed)?",
+        r"correlat\w+ (?:clinically )?for",
+        r"borderline",
+    ),
+    _cues(
+        _BACKWARD,
+        # "X is likely" but not "X is likely Y": the cue must close the clause.
+        r"(?:is|are|was|were|be) (?:\w+ )?(?:likely|unlikely|possible|probable|suspected"
+        r"|questioned|questionable|favou?red|considered|equivocal)(?: (?:present|seen|noted))?"
+        r"(?=\s*(?:,|$))",
+        r"(?:may|might|could|can) (?:also )?(?:be )?(?:present|seen|noted|exist|persist)",
+        r"not appreciated",
+    ),
+)
+
+# A verb between a cue and a mention ends the cue's reach: in "opacity is seen and the heart
+# size is normal" the "is normal" does not reach "opacity". Verbs that link a hedge to its
+# object ("may represent atelectasis") stop only backward cues.
+_VERB = re.compile(r"\b(?:is|are|was|were|has|have|had|seen|noted|present|identified)\b")
+_SUBJECT_VERB = re.compile(r"\b(?:demonstrated|shows?|represents?|reflects?|suggests?)\b")
+
+# "X is enlarged" / "normal X" for attribute mentions, nearest qualifier wins.
+_QUALIFIER = re.compile(
+    r"\b(?:"
+    r"(?P<negative>not (?:\w+ )?(?:enlarged|widened|dilated|increased|prominent)"
+    r"|within normal limits|upper limits? of normal|(?:top|upper) normal|normal|unremarkable)"
+    r"|(?P<uncertain>borderline|stable|unchanged|similar|not (?:significantly )?changed"
+    r"|no (?:(?:significant|interval|appreciable) )*change)"
+    r"|(?P<positive>enlarged|enlargement|large|widened|widening|wide|prominent|prominence"
+    r"|increased|dilated|globular)"
+    r")\b"
+)
+_QUALIFIER_LABELS = {"negative": NEGATIVE, "uncertain": UNCERTAIN, "positive": POSITIVE}
+# Words allowed between an attribute and its qualifier ("the heart is mildly enlarged").
+_LINKING_WORDS = frozenset(
+    "is are was were be been appears appear remains remain looks look seems seem has have "
+    "again now still otherwise overall mildly moderately markedly severely slightly minimally "
+    "significantly substantially grossly essentially likely probably possibly may might could "
+    "also somewhat at the of in size stably and only very quite appearance".split()
+)
+_COPULAS = frozenset("is are appears appear remains remain".split())
+_HEDGES = frozenset("likely probably possibly may might could".split())
+
+# Words that may sit between two listed mentions ("effusion, small pneumothorax, or ...").
+_CONJUNCTIONS = frozenset({"and", "or", "nor", "versus", "vs"})
+_ALTERNATIVES = frozenset({"or", "versus", "vs"})
+_CHAIN_BREAKERS = frozenset(
+    "is are was were be been being has have had seen noted present identified demonstrated "
+    "there which that the with without no not may might could would likely possible possibly "
+    "probable probably suggest suggests suggesting suggestive concerning represent represents "
+    "reflect reflects".split()
+)
+_GAP_TOKEN = re.compile(r"[a-z0-9]+|[,/]")
+
+# "The lungs are clear" negates the airspace processes (not a CheXpert rule; see module doc).
+_LUNGS_CLEAR = re.compile(
+    r"\blungs? (?:fields? )?(?:(?:are|is|appear|appears|remain|remains|now|otherwise|again"
+    r"|grossly|essentially|both|bilaterally|well expanded and|well aerated and|expanded and"
+    r"|hyperinflated but|hyperexpanded but|low in volume but) )*clear\b|\bclear lungs?\b"
+)
+_CLEAR_LUNGS_NEGATE = tuple(
+    _INDEX[name] for name in ("lung_opacity", "consolidation", "edema", "pneumonia")
+)
+
+_SENTENCE_END = re.compile(r"\.(?!\d)|(?<!\d)\.|[!?\n]")
+_CLAUSE_BOUNDARY = re.compile(
+    r"[;:]|\b(?:but|however|although|though|whereas|while|which|except|aside from|apart from"
+    r"|other than)\b"
+    r"|(?<!consistent )(?<!compatible )(?<!associated )(?<!keeping )\bwith\b"
+    r"|(?=\bthere (?:is|are|was|were|has|have)\b)"
+)
+
+
+@dataclass(frozen=True)
+class _Mention:
+    target: int  # observation index, or _OTHER
+    kind: str  # _FINDING, _UNCERTAIN_FINDING, _ATTRIBUTE or _NORMAL_WHOLE
+    start: int
+    end: int
+    text: str
+
+
+def _normalize(report: str) -> str:
+    text = report.lower().replace("\u2019", "'")
+    text = re.sub(r"\bcan(?:'t|t| not)\b", "cannot", text)
+    text = re.sub(
+        r"\b(is|are|was|were|does|do|did|could|would|has|have|had)n'?t\b", r"\1 not", text
+    )
+    text = re.sub(r"\band ?/ ?or\b|\bandor\b", "or", text)
+    # Abbreviations whose period is not a sentence end.
+    text = re.sub(r"\bvs\.", "vs", text)
+    text = re.sub(r"\be\.g\.|\bi\.e\.", ",", text)
+    return re.sub(r"(?<=[a-z])-(?=[a-z])", " ", text)
+
+
+def _find_mentions(clause: str) -> list[_Mention]:
+    unmentions = {
+        target: [m.span() for m in pattern.finditer(clause)]
+        for target, pattern in _UNMENTION_PATTERNS.items()
+    }
+    mentions = []
+    for target, kind, pattern in _MENTION_PATTERNS:
+        for match in pattern.finditer(clause):
+            start, end = match.span()
+            if any(s < end and start < e for s, e in unmentions.get(target, ())):
+                continue
+            mentions.append(_Mention(target, kind, start, end, match.group()))
+    # "enlarged heart" is one finding, not also an attribute mention of "heart".
+    findings = [m for m in mentions if m.kind not in _QUALIFIED]
+    mentions = [
+        m
+        for m in mentions
+        if m.kind not in _QUALIFIED
+        or not any(f.target == m.target and f.start < m.end and m.start < f.end for f in findings)
+    ]
+    return sorted(mentions, key=lambda m: (m.start, m.end))
+
+
+def _chains(clause: str, mentions: list[_Mention]) -> tuple[list[int], list[bool]]:
+    """Groups listed mentions ("A, B, or C"); returns each mention's group and, per group,
+    whether its members are alternatives ("or", "versus", "/")."""
+    # One link per gap between consecutive mentions: (linked, conjunction, alternative, comma).
+    links = []
+    reach = mentions[0].end
+    for mention in mentions[1:]:
+        tokens = _GAP_TOKEN.findall(clause[reach : mention.start]) if mention.start > reach else []
+        words = [t for t in tokens if t not in ",/"]
+        others = [w for w in words if w not in _CONJUNCTIONS]
+        linked = len(others) <= 4 and not any(w in _CHAIN_BREAKERS for w in others)
+        conjunction = len(others) < len(words) or "/" in tokens
+        alternative = "/" in tokens or any(w in _ALTERNATIVES for w in words)
+        links.append((linked, conjunction, alternative, "," in tokens))
+        reach = max(reach, mention.end)
+
+    # A bare comma lists only when a conjunction closes the run of linked mentions:
+    # "no effusion, pneumothorax, or consolidation" is one list, "no pneumothorax, small left
+    # effusion" two statements.
+    joined = [False] * len(links)
+    start = 0
+    while start < len(links):
+        stop = start
+        while stop < len(links) and links[stop][0]:
+            stop += 1
+        closed = any(links[k][1] for k in range(start, stop))
+        for k in range(start, stop):
+            joined[k] = closed or not links[k][3]
+        start = stop + 1
+
+    group_of = [0]
+    alternatives = [False]
+    for (_, _, alternative, _), join in zip(links, joined, strict=True):
+        if join:
+            alternatives[-1] = alternatives[-1] or alternative
+        else:
+            alternatives.append(False)
+        group_of.append(len(alternatives) - 1)
+    return group_of, alternatives
+
+
+def _forward_reach(clause: str, cue_end: int, mention: _Mention) -> bool:
+    between = clause[cue_end : mention.start]
+    return mention.start >= cue_end and "," not in between and not _VERB.search(between)
+
+
+def _backward_reach(clause: str, cue_start: int, mention: _Mention) -> bool:
+    between = clause[mention.end : cue_start]
+    return (
+        mention.end <= cue_start
+        and "," not in between
+        and not _VERB.search(between)
+        and not _SUBJECT_VERB.search(between)
+    )
+
+
+def _in_scope(
+    clause: str,
+    mentions: list[_Mention],
+    cues: tuple[tuple[int, re.Pattern[str]], ...],
+    group_of: list[int],
+) -> set[int]:
+    """Indices of the mentions that some cue reaches, extended to whole lists."""
+    reached = set()
+    for direction, pattern in cues:
+        for cue in pattern.finditer(clause):
+            for i, mention in enumerate(mentions):
+                if mention.start < cue.end() and cue.start() < mention.end:
+                    continue  # a cue inside the mention ("no" in "nodule") is no cue
+                if (direction & _FORWARD and _forward_reach(clause, cue.end(), mention)) or (
+                    direction & _BACKWARD and _backward_reach(clause, cue.start(), mention)
+                ):
+                    reached.add(i)
+    groups = {group_of[i] for i in reached}
+    return {i for i in range(len(mentions)) if group_of[i] in groups}
+
+
+def _links_to_qualifier(tokens: list[str], *, after: bool) -> bool:
+    """Whether the words between an attribute and a qualifier join them: "the heart is mildly
+    enlarged", or a coordinated subject, "silhouette and pulmonary vasculature are normal"."""
+    unknown = [i for i, t in enumerate(tokens) if t not in _LINKING_WORDS]
+    if not unknown:
+        return True
+    first, last = unknown[0], unknown[-1]
+    return (
+        after
+        and last - first < 3
+        and first > 0
+        and tokens[first - 1] == "and"
+        and any(t in _COPULAS for t in tokens[last + 1 :])
+    )
+
+
+def _attribute_label(
+    clause: str, mention: _Mention, attributes: list[_Mention], hedged: bool
+) -> int | None:
+    """Label of an attribute mention from its nearest qualifier; None when it has none."""
+    best: tuple[int, int] | None = None  # (distance in words, label)
+    for qualifier in _QUALIFIER.finditer(clause):
+        if qualifier.end() <= mention.start:
+            lo, hi = qualifier.end(), mention.start
+        elif qualifier.start() >= mention.end:
+            lo, hi = mention.end, qualifier.start()
+        else:
+            continue
+        # Other attributes may sit in between: "heart size and mediastinal contours are normal".
+        between = list(clause[lo:hi])
+        for other in attributes:
+            if lo <= other.start and other.end <= hi:
+                between[other.start - lo : other.end - lo] = " " * (other.end - other.start)
+        tokens = _GAP_TOKEN.findall("".join(between))
+        if not _links_to_qualifier(tokens, after=lo == mention.end):
+            continue
+        label = next(_QUALIFIER_LABELS[k] for k, v in qualifier.groupdict().items() if v)
+        if label == POSITIVE and (hedged or any(t in _HEDGES for t in tokens)):
+            label = UNCERTAIN
+        if best is None or len(tokens) < best[0]:
+            best = (len(tokens), label)
+    return None if best is None else best[1]
+
+
+def _classify_clause(clause: str) -> list[tuple[_Mention, int]]:
+    mentions = _find_mentions(clause)
+    if not mentions:
+        return []
+    group_of, alternatives = _chains(clause, mentions)
+    pre_uncertain = _in_scope(clause, mentions, _PRE_NEGATION_UNCERTAINTY, group_of)
+    negated = _in_scope(clause, mentions, _NEGATION, group_of)
+    post_uncertain = _in_scope(clause, mentions, _POST_NEGATION_UNCERTAINTY, group_of)
+    attributes = [m for m in mentions if m.kind in _QUALIFIED]
+
+    labelled = []
+    for i, mention in enumerate(mentions):
+        if mention.kind in _QUALIFIED:
+            # The qualifier carries the negation ("not enlarged"); a forward "no" earlier in
+            # the clause belongs to another predicate ("no effusion and the heart is enlarged").
+            hedged = i in pre_uncertain or i in post_uncertain
+            label = _attribute_label(clause, mention, attributes, hedged)
+            if label is None or (mention.kind == _NORMAL_WHOLE and label != NEGATIVE):
+                continue
+        elif i in pre_uncertain:
+            label = UNCERTAIN
+        elif i in negated:
+            label = NEGATIVE
+        elif i in post_uncertain or mention.kind == _UNCERTAIN_FINDING:
+            label = UNCERTAIN
+        elif alternatives[group_of[i]]:
+            label = UNCERTAIN
+        else:
+            label = POSITIVE
+        labelled.append((mention, label))
+    return labelled
+
+
+def _label_report(report: str) -> np.ndarray:
+    labels = np.full(NUM_OBSERVATIONS, BLANK, dtype=np.int64)
+    text = _normalize(report)
+    if not re.search(r"[a-z]", text):
+        return labels
+
+    found: dict[int, set[int]] = {}
+    for sentence in _SENTENCE_END.split(text):
+        sentence = " ".join(sentence.split())
+        if _LUNGS_CLEAR.search(sentence):
+            for target in _CLEAR_LUNGS_NEGATE:
+                found.setdefault(target, set()).add(NEGATIVE)
+        for clause in _CLAUSE_BOUNDARY.split(sentence):
+            clause = clause.strip(" ,")
+            for mention, label in _classify_clause(clause):
+                found.setdefault(mention.target, set()).add(label)
+                if label != NEGATIVE and _HEART_FAILURE.fullmatch(mention.text):
+                    found.setdefault(_INDEX["cardiomegaly"], set()).add(UNCERTAIN)
+
+    # CheXpert's aggregation: positive > uncertain > negative.
+    for target, seen in found.items():
+        if target == _OTHER:
+            continue
+        for label in (POSITIVE, UNCERTAIN, NEGATIVE):
+            if label in seen:
+                labels[target] = label
+                break
+    abnormal = {t for t, seen in found.items() if seen & {POSITIVE, UNCERTAIN}}
+    if not abnormal - {_SUPPORT_DEVICES}:
+        labels[_NO_FINDING] = POSITIVE
+    return labels
+
+
+def label_reports(reports: Sequence[str]) -> np.ndarray:
+    """Labels reports with the offline rule-based labeler (see the module docstring).
+
+    Args:
+      reports: free-text reports, raw or cleaned the way R2Gen cleans them (lower case, no
+        commas, sentences joined by ``" . "``).
+
+    Returns:
+      ``int64 (len(reports), 14)`` labels in `OBSERVATIONS` order: ``0`` blank, ``1`` positive,
+      ``2`` negative, ``3`` uncertain. ``no_finding`` is ``1`` or ``0`` only.
+
+    Examples:
+      >>> from camegrad_jax.rrg.labeler import label_reports
+      >>> label_reports(["Heart size is normal. No pleural effusion or pneumothorax."])[0]
+      array([0, 2, 0, 0, 0, 0, 0, 0, 2, 2, 0, 0, 0, 1])
+    """
+    if isinstance(reports, str):
+        raise TypeError("`reports` should be a sequence of strings, not a single string.")
+    if len(reports) == 0:
+        return np.zeros((0, NUM_OBSERVATIONS), dtype=np.int64)
+    return np.stack([_label_report(report) for report in reports])
+
+
+# ---------------------------------------------------------------------------------------------
+# CheXbert back end (optional).
+# ---------------------------------------------------------------------------------------------
+
+
+class CheXbertLabeler:
+    """Labels reports with a CheXbert checkpoint (optional back end).
+
+    Needs PyTorch and transformers, which this package does not install, and the CheXbert
+    weights (``chexbert.pth`` from the CheXbert authors, github.com/stanfordmlgroup/CheXbert),
+    which cannot be downloaded by this library. The model is BERT-base with 13 four-way heads
+    and one two-way head (``no_finding``); the arg-max of each head is the label, in the same
+    encoding as `label_reports` (0 blank, 1 positive, 2 negative, 3 uncertain).
+
+    Args:
+      checkpoint_path: the CheXbert checkpoint (a dict with ``"model_state_dict"``).
+      bert_name_or_path: where `transformers` finds the ``bert-base-uncased`` configuration and
+        vocabulary: a local directory, or the name when it is in the local Hugging Face cache.
+      device: a torch device string; defaults to ``"cuda"`` when available, else ``"cpu"``.
+      batch_size: reports per forward pass.
+
+    Raises:
+      ImportError: when ``torch`` or ``transformers`` is not installed.
+      FileNotFoundError: when ``checkpoint_path`` is not a file.
+    """
+
+    _REQUIRED = ("torch", "transformers")
+
+    def __init__(
+        self,
+        checkpoint_path: str | os.PathLike[str],
+        *,
+        bert_name_or_path: str = "bert-base-uncased",
+        device: str | None = None,
+        batch_size: int = 16,
+    ) -> None:
+        path = Path(checkpoint_path)
+        missing = [name for name in self._REQUIRED if importlib.util.find_spec(name) is None]
+        if missing:
+            note = "" if path.is_file() else f" The checkpoint {str(path)!r} does not exist either."
+            raise ImportError(
+                f"CheXbertLabeler needs {' and '.join(missing)}, which camegrad-jax does not "
+                f"install; `pip install torch transformers` to use it.{note} The rule-based "
+                "`label_reports` needs neither."
+            )
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"CheXbert checkpoint not found at {str(path)!r}. The weights cannot be "
+                "downloaded by camegrad-jax: get `chexbert.pth` from the CheXbert authors "
+                "(github.com/stanfordmlgroup/CheXbert) and pass its path."
+            )
+        if batch_size < 1:
+            raise ValueError(f"`batch_size` should be a positive int. Found `{batch_size}`.")
+
+        import torch
+        import transformers
+
+        self._torch = torch
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.batch_size = batch_size
+        self._tokenizer = transformers.BertTokenizer.from_pretrained(bert_name_or_path)
+        config = transformers.BertConfig.from_pretrained(bert_name_or_path)
+        hidden = config.hidden_size
+        heads = [torch.nn.Linear(hidden, NUM_LABEL_CLASSES) for _ in range(NUM_OBSERVATIONS - 1)]
+        heads.append(torch.nn.Linear(hidden, 2))  # no_finding: blank / positive
+        self._model = torch.nn.ModuleDict(
+            {"bert": transformers.BertModel(config), "linear_heads": torch.nn.ModuleList(heads)}
+        )
+        checkpoint = torch.load(path, map_location="cpu")
+        if isinstance(checkpoint, dict) and "model_state_dict" in checkpoint:
+            checkpoint = checkpoint["model_state_dict"]
+        # Checkpoints were saved from `nn.DataParallel`, hence the "module." prefix.
+        state = {key.removeprefix("module."): value for key, value in checkpoint.items()}
+        result = self._model.load_state_dict(state, strict=False)
+        # Newer transformers keep `position_ids` as a buffer the old checkpoint lacks.
+        missing_keys = [k for k in result.missing_keys if not k.endswith("position_ids")]
+        if missing_keys or result.unexpected_keys:
+            raise ValueError(
+                f"{str(path)!r} is not a CheXbert checkpoint: missing {missing_keys[:5]}, "
+                f"unexpected {list(result.unexpected_keys)[:5]}."
+            )
+        self._model.to(self.device).eval()
+
+    def __call__(self, reports: Sequence[str]) -> np.ndarray:
+        """``int64 (len(reports), 14)`` labels, as `label_reports` returns them."""
+        torch = self._torch
+        out = np.zeros((len(reports), NUM_OBSERVATIONS), dtype=np.int64)
+        for lo in range(0, len(reports), self.batch_size):
+            batch = [" ".join(r.split()) for r in reports[lo : lo + self.batch_size]]
+            tokens = self._tokenizer(
+                batch, padding="longest", truncation=True, max_length=512, return_tensors="pt"
+            ).to(self.device)
+            with torch.no_grad():
+                cls = self._model["bert"](**tokens).last_hidden_state[:, 0]
+                preds = [head(cls).argmax(dim=1) for head in self._model["linear_heads"]]
+            out[lo : lo + len(batch)] = torch.stack(preds, dim=1).cpu().numpy()
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Agreement with gold labels.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelerAgreement:
+    """How well predicted labels match gold labels (see `labeler_agreement`).
+
+    Attributes:
+      accuracy: ``(14,)`` fraction of reports whose 4-way label matches, per observation.
+      positive_f1: ``(14,)`` F1 of the positive class (label 1 vs the rest) per observation;
+        NaN where neither side has a positive (F1 is undefined there).
+      positive_support: ``(14,)`` number of gold positives per observation.
+      overall_accuracy: fraction of all ``N × 14`` labels that match.
+      exact_match: fraction of reports whose 14 labels all match.
+      positive_f1_macro: mean of the defined entries of ``positive_f1``.
+      positive_f1_micro: positive-class F1 with TP/FP/FN pooled over all observations.
+    """
+
+    accuracy: np.ndarray
+    positive_f1: np.ndarray
+    positive_support: np.ndarray
+    overall_accuracy: float
+    exact_match: float
+    positive_f1_macro: float
+    positive_f1_micro: float
+
+    def as_dict(self) -> dict[str, float]:
+        """Flat ``{name: value}``: the overall numbers, then ``accuracy/<obs>`` and
+        ``positive_f1/<obs>`` per observation."""
+        flat = {
+            "overall_accuracy": self.overall_accuracy,
+            "exact_match": self.exact_match,
+            "positive_f1_macro": self.positive_f1_macro,
+            "positive_f1_micro": self.positive_f1_micro,
+        }
+        for name, acc, f1 in zip(OBSERVATIONS, self.accuracy, self.positive_f1, strict=True):
+            flat[f"accuracy/{name}"] = float(acc)
+            flat[f"positive_f1/{name}"] = float(f1)
+        return flat
+
+    def table(self) -> str:
+        """A Markdown table: one row per observation, then the overall numbers."""
+        rows = ["| observation | accuracy | positive F1 | gold positives |", "|---|---|---|---|"]
+        for name, acc, f1, n in zip(
+            OBSERVATIONS, self.accuracy, self.positive_f1, self.positive_support, strict=True
+        ):
+            f1_text = "n/a" if np.isnan(f1) else f"{f1:.3f}"
+            rows.append(f"| {name} | {acc:.3f} | {f1_text} | {int(n)} |")
+        rows.append(
+            f"| **overall** | {self.overall_accuracy:.3f} | macro {self.positive_f1_macro:.3f}"
+            f" / micro {self.positive_f1_micro:.3f} | {int(self.positive_support.sum())} |"
+        )
+        return "\n".join(rows)
+
+
+def check_labels(labels: np.ndarray, name: str) -> np.ndarray:
+    """Returns ``labels`` as an int array after checking it is ``(N, 14)`` with values 0–3."""
+    array = np.asarray(labels)
+    if array.ndim != 2 or array.shape[1] != NUM_OBSERVATIONS:
+        raise ValueError(
+            f"`{name}` should have shape (N, {NUM_OBSERVATIONS}). Found shape {array.shape}."
+        )
+    if array.size and not np.all(np.isin(array, np.arange(NUM_LABEL_CLASSES))):
+        raise ValueError(f"`{name}` should hold labels in {{0, 1, 2, 3}}.")
+    return array.astype(np.int64)
+
+
+def labeler_agreement(predicted: np.ndarray, gold: np.ndarray) -> LabelerAgreement:
+    """Agreement of a labeler's ``predicted`` labels with ``gold`` labels.
+
+    Args:
+      predicted: ``(N, 14)`` labels in {0, 1, 2, 3}, e.g. ``label_reports(reports)``.
+      gold: ``(N, 14)`` reference labels for the same reports.
+
+    Returns:
+      A `LabelerAgreement`: per-observation 4-way accuracy and positive-class F1, and overall
+      accuracy, exact match and macro / micro positive F1.
+    """
+    predicted = check_labels(predicted, "predicted")
+    gold = check_labels(gold, "gold")
+    if predicted.shape != gold.shape:
+        raise ValueError(
+            f"`predicted` and `gold` should have the same shape. Found {predicted.shape} and "
+            f"{gold.shape}."
+        )
+    if not len(gold):
+        raise ValueError("`gold` should hold at least one report.")
+    pred_pos, gold_pos = predicted == POSITIVE, gold == POSITIVE
+    tp = (pred_pos & gold_pos).sum(0)
+    fp = (pred_pos & ~gold_pos).sum(0)
+    fn = (~pred_pos & gold_pos).sum(0)
+    denominator = tp + 0.5 * (fp + fn)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        positive_f1 = np.where(denominator > 0, tp / denominator, np.nan)
+    pooled = tp.sum() + 0.5 * (fp.sum() + fn.sum())
+    defined = positive_f1[~np.isnan(positive_f1)]
+    equal = predicted == gold
+    return LabelerAgreement(
+        accuracy=equal.mean(0),
+        positive_f1=positive_f1,
+        positive_support=gold_pos.sum(0),
+        overall_accuracy=float(equal.mean()),
+        exact_match=float(equal.all(1).mean()),
+        positive_f1_macro=float(defined.mean()) if defined.size else float("nan"),
+        positive_f1_micro=float(tp.sum() / pooled) if pooled > 0 else float("nan"),
+    )
