@@ -64,13 +64,37 @@ def accumulation_dtype(leaves: Sequence[jax.Array]) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
+def _block_size(size: int) -> int | None:
+    """The largest divisor of `size` in [256, 4096], if any (a reshape, never a copy)."""
+    for block in range(min(4096, size // 16), 255, -1):
+        if size % block == 0:
+            return block
+    return None
+
+
+def _leaf_gram(flat: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """<g_i, g_j> over one flattened (K, n) leaf, accumulated in `dtype`.
+
+    A skinny (K × n)·(n × K) product is a poor fit for XLA:CPU's matrix kernels (measured here:
+    several times the cost of one pass over the data). Viewing the leaf as (K, n/B, B) and
+    reducing the broadcast products over both axes is one fused multiply-reduce: about 2 passes'
+    time at K = 2 and n = 1e7, and more accurate (blockwise sums) than the product. B must divide
+    n: slicing off a remainder would copy the leaf.
+    """
+    num_tasks, size = flat.shape
+    block = _block_size(size)
+    if block is None:
+        return jnp.einsum("kn,jn->kj", flat, flat, preferred_element_type=dtype)
+    blocks = flat.reshape(num_tasks, size // block, block).astype(dtype)
+    return jnp.sum(blocks[:, None] * blocks[None, :], axis=(2, 3))
+
+
 def gram_matrix(leaves: Sequence[jax.Array], dtype: jnp.dtype) -> jax.Array:
     """G_ij = Σ_leaves <g_i, g_j>, accumulated in `dtype` (≥ float32)."""
     num_tasks = leaves[0].shape[0]
     gram = jnp.zeros((num_tasks, num_tasks), dtype)
     for leaf in leaves:
-        flat = leaf.reshape(num_tasks, -1)
-        gram = gram + jnp.einsum("kn,jn->kj", flat, flat, preferred_element_type=dtype)
+        gram = gram + _leaf_gram(leaf.reshape(num_tasks, -1), dtype)
     return gram
 
 
