@@ -15,6 +15,7 @@ from camegrad_jax._aggregation import (
 from camegrad_jax._camegrad import CameGradState, CameGradWeights, camegrad, camegrad_weights
 from camegrad_jax._diagnostics import GradientStats, gradient_stats
 from camegrad_jax._dual import DualSolution, dual_objective, solve_dual
+from camegrad_jax._gram_only import gram_only_gradients
 from camegrad_jax._linear import linear_scalarization
 from camegrad_jax._task_gradients import task_gradients
 
@@ -31,6 +32,7 @@ __all__ = [
     "camegrad_weights",
     "dual_objective",
     "gradient_stats",
+    "gram_only_gradients",
     "linear_scalarization",
     "solve_dual",
     "stacked_gradient_transformation",

@@ -133,14 +133,19 @@ def resolve_mask(mask: MaskOrFn, task_updates: PyTree, params: PyTree | None) ->
     if callable(mask):
         mask = mask(params if params is not None else task_updates)
     try:
-        flags = jax.tree.leaves(
-            jax.tree.map(lambda m, _: bool(m), mask, task_updates), is_leaf=lambda x: x is None
+        # None marks an absent leaf (as in optax.masked); the mask keeps its flag for no leaf.
+        flags = jax.tree.map(
+            lambda m, update: None if update is None else bool(m),
+            mask,
+            task_updates,
+            is_leaf=lambda x: x is None,
         )
     except ValueError as error:
         raise ValueError(
             "Parameter `shared_mask` must have the tree structure of the parameters (one bool per "
             f"leaf). {error}"
         ) from None
+    flags = jax.tree.leaves(flags)
     if not any(flags):
         raise ValueError("Parameter `shared_mask` marks no leaf as shared.")
     return flags
