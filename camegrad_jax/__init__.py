@@ -12,29 +12,75 @@ from camegrad_jax._aggregation import (
     WeightingResult,
     stacked_gradient_transformation,
 )
+from camegrad_jax._aligned_mtl import aligned_mtl, aligned_mtl_coefficients
+from camegrad_jax._cagrad import CAGradState, cagrad
 from camegrad_jax._camegrad import CameGradState, CameGradWeights, camegrad, camegrad_weights
 from camegrad_jax._diagnostics import GradientStats, gradient_stats
 from camegrad_jax._dual import DualSolution, dual_objective, solve_dual
+from camegrad_jax._dwa import DWAState, dwa
+from camegrad_jax._famo import FamoState, famo
+from camegrad_jax._gradnorm import GradNormState, gradnorm
 from camegrad_jax._gram_only import gram_only_gradients
+from camegrad_jax._imtl_g import imtl_g, imtl_g_coefficients
 from camegrad_jax._linear import linear_scalarization
+from camegrad_jax._mgda import MGDAState, mgda
+from camegrad_jax._mmpareto import mmpareto, mmpareto_coefficients
+from camegrad_jax._nash_mtl import NashMTLState, nash_mtl, solve_nash
+from camegrad_jax._pcgrad import PCGradState, pcgrad, pcgrad_coefficients
+from camegrad_jax._rlw import RLWState, rlw
+from camegrad_jax._rotograd import Rotation, RotoGrad, RotoGradScalingState, rotograd_scaling
 from camegrad_jax._task_gradients import task_gradients
+from camegrad_jax._uncertainty_weighting import UncertaintyWeightingState, uncertainty_weighting
+from camegrad_jax._upgrad import upgrad, upgrad_coefficients
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CAGradState",
     "CameGradState",
     "CameGradWeights",
     "DualSolution",
+    "DWAState",
+    "FamoState",
     "GradientStats",
+    "GradNormState",
+    "MGDAState",
     "MultiTaskState",
+    "NashMTLState",
+    "PCGradState",
+    "RLWState",
+    "Rotation",
+    "RotoGrad",
+    "RotoGradScalingState",
+    "UncertaintyWeightingState",
     "WeightingResult",
+    "aligned_mtl",
+    "aligned_mtl_coefficients",
+    "cagrad",
     "camegrad",
     "camegrad_weights",
     "dual_objective",
+    "dwa",
+    "famo",
     "gradient_stats",
+    "gradnorm",
     "gram_only_gradients",
+    "imtl_g",
+    "imtl_g_coefficients",
     "linear_scalarization",
+    "mgda",
+    "mmpareto",
+    "mmpareto_coefficients",
+    "nash_mtl",
+    "pcgrad",
+    "pcgrad_coefficients",
+    "rlw",
+    "rotograd_scaling",
     "solve_dual",
+    "solve_nash",
     "stacked_gradient_transformation",
     "task_gradients",
+    "uncertainty_weighting",
+    "upgrad",
+    "upgrad_coefficients",
 ]

@@ -39,6 +39,11 @@ class Weighting(Protocol):
 # adds noise there): (combined shared leaves, method_state) -> (new leaves, new method_state).
 Perturbation = Callable[[list[jax.Array], Any], tuple[list[jax.Array], Any]]
 
+# Optional per-leaf magnitude rule (e.g. MMPareto rescales each parameter tensor):
+# (Gram matrices of the shared leaves one by one, coefficients, task weights) -> (L,) factors;
+# shared leaf l then receives factor_l · Σ_i β_i g_i.
+LeafScaling = Callable[[list[jax.Array], jax.Array, jax.Array], jax.Array]
+
 
 class MultiTaskState(NamedTuple):
     """State of a stacked-gradient transformation (diagnostics of the last step in float32)."""
@@ -65,6 +70,8 @@ def stacked_gradient_transformation(
     shared_mask: _tree.MaskOrFn = None,
     uses_gram: bool = True,
     perturbation: Perturbation | None = None,
+    weight_all_leaves: bool = False,
+    leaf_scaling: LeafScaling | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Builds the optax transformation of a weighting (see the module docstring).
 
@@ -79,6 +86,11 @@ def stacked_gradient_transformation(
       shared_mask: shared leaves (see :func:`camegrad_jax.camegrad`).
       uses_gram: whether the weighting needs G (if not, G is also skipped for diagnostics).
       perturbation: optional hook applied to the shared leaves' update.
+      weight_all_leaves: apply the coefficients β to every leaf, not only to the shared ones; the
+        mask then only selects the leaves G is formed on. For a method whose weights scale whole
+        task losses but are computed from one layer's gradients (GradNorm).
+      leaf_scaling: optional per-leaf factors of the shared leaves' update, computed from the
+        shared leaves' Gram matrices one by one (G is then their sum: no extra pass).
     """
     _validation.check_task_weights(task_weights)
     if not _validation.is_traced(num_tasks):
@@ -115,20 +127,38 @@ def stacked_gradient_transformation(
         dtype = _tree.accumulation_dtype(leaves)
         weights = _validation.weights_vector(task_weights, k, dtype)
 
-        gram = _tree.gram_matrix(shared, dtype) if uses_gram else None
+        if leaf_scaling is not None:
+            leaf_grams = [_tree.gram_matrix([leaf], dtype) for leaf in shared]
+            gram = sum(leaf_grams[1:], leaf_grams[0])
+        else:
+            gram = _tree.gram_matrix(shared, dtype) if uses_gram else None
         coefficients, method_state = weighting(gram, state.method_state, weights, **extra_args)
         coefficients = coefficients.astype(dtype)
-        shared_out = _tree.combine(shared, coefficients)
         stats = state.stats
         if uses_gram:
             stats = gradient_stats(gram, coefficients, weights)
+        if leaf_scaling is not None:
+            factors = leaf_scaling(leaf_grams, coefficients, weights).astype(dtype)
+            shared_out = [
+                _tree.combine([leaf], factor * coefficients)[0]
+                for leaf, factor in zip(shared, factors, strict=True)
+            ]
+            if uses_gram:
+                norm_sq = sum(
+                    jnp.square(factor) * (coefficients @ leaf_gram @ coefficients)
+                    for factor, leaf_gram in zip(factors, leaf_grams, strict=True)
+                )
+                stats = stats._replace(update_norm=jnp.sqrt(jnp.maximum(norm_sq, 0.0)))
+        else:
+            shared_out = _tree.combine(shared, coefficients)
         if perturbation is not None:
             shared_out, method_state = perturbation(shared_out, method_state)
             if uses_gram:
                 # The perturbation moved the update off span{g_i}: measure it directly.
                 norm_sq = sum(jnp.sum(jnp.square(x.astype(dtype))) for x in shared_out)
                 stats = stats._replace(update_norm=jnp.sqrt(norm_sq))
-        out = _tree.merge_by_mask(shared_out, _tree.combine(private, weights), mask)
+        private_coefficients = coefficients if weight_all_leaves else weights
+        out = _tree.merge_by_mask(shared_out, _tree.combine(private, private_coefficients), mask)
         new_state = MultiTaskState(
             method_state=jax.tree.map(stored, method_state),
             coefficients=stored(coefficients),

@@ -26,6 +26,10 @@ In float32 both stall about 1e-4 away from the optimum (the objective's differen
 float32 resolution long before the weights converge). A final *active-set polish* solves the
 optimality conditions exactly on the support the iterations found, and is kept only when it
 verifiably satisfies them. Everything runs inside ``jit`` and ``vmap``; there is no host callback.
+
+The centre b is uniform for CAGrad. With ``centre = 0`` and ``r = 1`` the objective is
+:math:`\sqrt{w^\top G w}`: the same solvers, polish and certificate then give MGDA's min-norm
+weights (Sener & Koltun, 2018), the limit of CAGrad as c grows.
 """
 
 from __future__ import annotations
@@ -69,11 +73,27 @@ def _sqrt_guard(dtype: jnp.dtype) -> jax.Array:
     return jnp.asarray(jnp.finfo(dtype).eps ** 2, dtype)
 
 
-def dual_objective(weights: jax.Array, gram: jax.Array, radius: jax.Array) -> jax.Array:
-    """wᵀGb + r·sqrt(wᵀGw + ε) for a trace-normalised Gram matrix."""
-    centre = jnp.mean(gram, axis=1)  # G b
+def _centre(gram: jax.Array, centre: jax.Array | None) -> jax.Array:
+    """b, uniform unless given."""
+    num_tasks = gram.shape[0]
+    if centre is None:
+        return jnp.full((num_tasks,), 1.0 / num_tasks, gram.dtype)
+    return centre.astype(gram.dtype)
+
+
+def _centre_gain(gram: jax.Array, centre: jax.Array | None) -> jax.Array:
+    """G b: entry i is <h_i, g0>."""
+    return jnp.mean(gram, axis=1) if centre is None else gram @ centre.astype(gram.dtype)
+
+
+def dual_objective(
+    weights: jax.Array, gram: jax.Array, radius: jax.Array, centre: jax.Array | None = None
+) -> jax.Array:
+    """wᵀGb + r·sqrt(wᵀGw + ε) for a trace-normalised Gram matrix (b uniform unless given)."""
     quadratic = weights @ gram @ weights
-    return weights @ centre + radius * jnp.sqrt(jnp.maximum(quadratic, 0) + _sqrt_guard(gram.dtype))
+    return weights @ _centre_gain(gram, centre) + radius * jnp.sqrt(
+        jnp.maximum(quadratic, 0) + _sqrt_guard(gram.dtype)
+    )
 
 
 def _project(x: jax.Array) -> jax.Array:
@@ -89,7 +109,9 @@ class _Iteration(NamedTuple):
     error: Callable[[Any], jax.Array]  # state -> residual
 
 
-def _jaxopt_iteration(gram: jax.Array, radius: jax.Array, tol: float) -> _Iteration:
+def _jaxopt_iteration(
+    gram: jax.Array, radius: jax.Array, tol: float, centre: jax.Array | None
+) -> _Iteration:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         import jaxopt
@@ -104,11 +126,11 @@ def _jaxopt_iteration(gram: jax.Array, radius: jax.Array, tol: float) -> _Iterat
     )
 
     def step(weights, state):
-        weights, state = solver.update(weights, state, None, gram, radius)
+        weights, state = solver.update(weights, state, None, gram, radius, centre)
         return weights.astype(gram.dtype), state
 
     return _Iteration(
-        init=lambda weights: solver.init_state(weights, None, gram, radius),
+        init=lambda weights: solver.init_state(weights, None, gram, radius, centre),
         step=step,
         error=lambda state: state.error.astype(gram.dtype),
     )
@@ -123,7 +145,11 @@ class _APGState(NamedTuple):
 
 
 def _apg_iteration(
-    gram: jax.Array, radius: jax.Array, tol: float, max_backtracks: int = 30
+    gram: jax.Array,
+    radius: jax.Array,
+    tol: float,
+    centre: jax.Array | None,
+    max_backtracks: int = 30,
 ) -> _Iteration:
     """FISTA with backtracking (Beck & Teboulle, 2009) and gradient restart (O'Donoghue, 2015)."""
     del tol  # The caller tests the residual.
@@ -143,13 +169,13 @@ def _apg_iteration(
 
     def step(weights, state: _APGState):
         y = state.extrapolated
-        f_y, g_y = value_and_grad(y, gram, radius)
+        f_y, g_y = value_and_grad(y, gram, radius, centre)
 
         def not_enough_decrease(carry):
             lipschitz, candidate, count = carry
             diff = candidate - y
             model = f_y + g_y @ diff + 0.5 * lipschitz * (diff @ diff)
-            f_candidate = dual_objective(candidate, gram, radius)
+            f_candidate = dual_objective(candidate, gram, radius, centre)
             return (f_candidate > model + slack * jnp.abs(f_y)) & (count < max_backtracks)
 
         def backtrack(carry):
@@ -180,21 +206,19 @@ def _apg_iteration(
     return _Iteration(init=init, step=step, error=lambda state: state.error)
 
 
-def _closed_form_direction(weights, gram, radius):
+def _closed_form_direction(weights, gram, radius, centre):
     """δ = b + r·w/‖g_w‖, the primal recovery (Eq. 10), with d = Σ_i δ_i h_i.
 
     Where g_w vanishes to round-off (trace(G) = 1), r/‖g_w‖ would only amplify noise: d = g0
     then, as in the reference CAGrad code, and `_prefer_nearest_non_conflicting` decides.
     """
-    num_tasks = gram.shape[0]
-    centre = jnp.full((num_tasks,), 1.0 / num_tasks, gram.dtype)
     norm_sq = weights @ gram @ weights
     degenerate = norm_sq <= 64 * jnp.finfo(gram.dtype).eps
     scale = jnp.where(degenerate, 0.0, radius / jnp.sqrt(jnp.where(degenerate, 1.0, norm_sq)))
-    return centre + scale * weights
+    return _centre(gram, centre) + scale * weights
 
 
-def _prefer_nearest_non_conflicting(direction, gram, radius):
+def _prefer_nearest_non_conflicting(direction, gram, radius, centre):
     """Picks one optimum, the one nearest g0, where Stage 1's optimum is not unique.
 
     If the best worst-case improvement is 0 (0 lies in the convex hull of the gradients: a task
@@ -203,24 +227,23 @@ def _prefer_nearest_non_conflicting(direction, gram, radius):
     land on is an accident of convergence. We then take g0 projected onto {d : <h_i, d> ≥ 0},
     which is optimal whenever it lies in the trust region.
     """
-    num_tasks = gram.shape[0]
     eps = jnp.finfo(gram.dtype).eps
     gains = gram @ direction
     at_zero = jnp.min(gains) <= 64 * eps * jnp.max(jnp.abs(gram) @ jnp.abs(direction))
 
     def nearest(_):
-        centre = jnp.full((num_tasks,), 1.0 / num_tasks, gram.dtype)
-        projected = project_onto_dual_cone(gram, centre)
-        offset = jnp.sqrt(jnp.maximum((projected - centre) @ gram @ (projected - centre), 0.0))
+        b = _centre(gram, centre)
+        projected = project_onto_dual_cone(gram, b)
+        offset = jnp.sqrt(jnp.maximum((projected - b) @ gram @ (projected - b), 0.0))
         inside = offset <= radius * (1 + 1e-4) + 64 * eps
         # Round-off can leave the projection a hair outside the region: pull it back in.
         shrink = jnp.where(offset > radius, radius / jnp.where(offset > 0, offset, 1.0), 1.0)
-        return jnp.where(inside, centre + shrink * (projected - centre), direction)
+        return jnp.where(inside, b + shrink * (projected - b), direction)
 
     return lax.cond(at_zero, nearest, lambda _: direction, None)
 
 
-def _polish(weights, gram, radius):
+def _polish(weights, gram, radius, centre):
     """Solves the optimality conditions exactly on the support of `weights`.
 
     On the support S, the improvements <h_i, d> equal a common value t and ‖d − g0‖ = r. With
@@ -231,7 +254,7 @@ def _polish(weights, gram, radius):
     num_tasks = gram.shape[0]
     dtype = gram.dtype
     eps = jnp.finfo(dtype).eps
-    centre_gain = jnp.mean(gram, axis=1)  # (G b)_i = <h_i, g0>
+    centre_gain = _centre_gain(gram, centre)  # (G b)_i = <h_i, g0>
     support = weights > eps * jnp.max(weights)
     both = support[:, None] & support[None, :]
     # Restrict G to S, with the identity elsewhere so the system stays square.
@@ -249,7 +272,7 @@ def _polish(weights, gram, radius):
     discriminant = quad_b**2 - quad_a * quad_c
     t = (quad_b + jnp.sqrt(jnp.maximum(discriminant, 0))) / jnp.where(quad_a > 0, quad_a, 1.0)
     z = jnp.where(support, t * a - e, 0.0)
-    direction = 1.0 / num_tasks + z
+    direction = _centre(gram, centre) + z
     gains = gram @ direction
     # Round-off of a gain (G δ)_i is about eps · Σ_j |G_ij δ_j|: accept what lies within it.
     gain_tolerance = 64 * eps * jnp.max(jnp.abs(gram) @ jnp.abs(direction))
@@ -268,9 +291,9 @@ def _polish(weights, gram, radius):
     return valid, polished_weights, direction
 
 
-def _duality_gap(weights, direction, gram, radius):
+def _duality_gap(weights, direction, gram, radius, centre):
     worst_gain = jnp.min(gram @ direction)
-    return dual_objective(weights, gram, radius) - worst_gain
+    return dual_objective(weights, gram, radius, centre) - worst_gain
 
 
 @functools.partial(jax.jit, static_argnames=("solver", "polish"))
@@ -283,6 +306,7 @@ def solve_dual(
     tol: float | jax.Array | None = None,
     maxiter: int | jax.Array = 200,
     polish: bool = True,
+    centre: jax.Array | None = None,
 ) -> DualSolution:
     """Solves Stage 1's dual for a trace-normalised Gram matrix.
 
@@ -294,6 +318,9 @@ def solve_dual(
       tol: stopping tolerance on the gradient-mapping norm; default by dtype.
       maxiter: iteration cap of the iterative solver.
       polish: finish with the exact active-set solve when it verifiably holds.
+      centre: (K,) the centre b, on the simplex or 0 (default uniform, CAGrad's g0). With
+        ``centre = 0`` and ``radius = 1`` the weights are MGDA's min-norm weights and the
+        direction is the min-norm point divided by its norm.
 
     Returns:
       A :class:`DualSolution`.
@@ -309,7 +336,7 @@ def solve_dual(
     make_iteration = _jaxopt_iteration if solver == "jaxopt" else _apg_iteration
 
     def rectify(_):
-        iteration = make_iteration(gram, radius, tol)
+        iteration = make_iteration(gram, radius, tol, centre)
 
         def run_steps(weights, state, iterations, budget):
             def keep_going(carry):
@@ -329,8 +356,8 @@ def solve_dual(
             weights, state, iterations = run_steps(
                 init, iteration.init(init), jnp.asarray(0, jnp.int32), maxiter
             )
-            direction = _closed_form_direction(weights, gram, radius)
-            direction = _prefer_nearest_non_conflicting(direction, gram, radius)
+            direction = _closed_form_direction(weights, gram, radius, centre)
+            direction = _prefer_nearest_non_conflicting(direction, gram, radius, centre)
             return weights, direction, iterations, iteration.error(state), jnp.asarray(False)
 
         # Iterate in rounds and try the exact polish after each: once the iterates sit on the
@@ -344,24 +371,25 @@ def solve_dual(
             weights, state, iterations, _, _, _ = carry
             budget = jnp.minimum(_ROUND, maxiter - iterations)
             weights, state, iterations = run_steps(weights, state, iterations, budget)
-            return (weights, state, iterations, *_polish(weights, gram, radius))
+            return (weights, state, iterations, *_polish(weights, gram, radius, centre))
 
         start = (init, iteration.init(init), jnp.asarray(0, jnp.int32))
         weights, state, iterations, valid, exact_weights, exact_direction = lax.while_loop(
-            another_round, round_, (*start, *_polish(init, gram, radius))
+            another_round, round_, (*start, *_polish(init, gram, radius, centre))
         )
         weights = jnp.where(valid, exact_weights, weights)
-        direction = jnp.where(valid, exact_direction, _closed_form_direction(weights, gram, radius))
-        direction = _prefer_nearest_non_conflicting(direction, gram, radius)
+        direction = jnp.where(
+            valid, exact_direction, _closed_form_direction(weights, gram, radius, centre)
+        )
+        direction = _prefer_nearest_non_conflicting(direction, gram, radius, centre)
         error = jnp.where(valid, 0.0, iteration.error(state)).astype(dtype)
         return weights, direction, iterations, error, valid
 
     def centre_only(_):
         # r = 0: the trust region is the single point g0, so d = g0 whatever w is.
-        num_tasks = gram.shape[0]
         return (
             init,
-            jnp.full((num_tasks,), 1.0 / num_tasks, dtype),
+            _centre(gram, centre),
             jnp.asarray(0, jnp.int32),
             jnp.asarray(0.0, dtype),
             jnp.asarray(False),
@@ -370,7 +398,7 @@ def solve_dual(
     weights, direction, iterations, error, polished = lax.cond(
         radius > 0, rectify, centre_only, None
     )
-    gap = jnp.where(radius > 0, _duality_gap(weights, direction, gram, radius), 0.0)
+    gap = jnp.where(radius > 0, _duality_gap(weights, direction, gram, radius, centre), 0.0)
     return DualSolution(
         weights=weights,
         direction_coefficients=direction,

@@ -40,7 +40,7 @@ def test_solvers_agree_and_match_slsqp(num_tasks):
         )
         g, r = np.asarray(gram, np.float64), float(radius)
 
-        def objective(w):
+        def objective(w, g=g, r=r):
             return w @ g.mean(1) + r * np.sqrt(max(w @ g @ w, 0.0))
 
         slsqp = scipy_optimize.minimize(

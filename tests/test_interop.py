@@ -230,8 +230,13 @@ def test_flax_linen_train_state(method):
             return jnp.stack([jnp.mean((a - y_a) ** 2), jnp.mean((b - y_b) ** 2)])
 
         values, grads = cg.task_gradients(losses, state.params)
-        # TrainState.apply_gradients forwards keyword arguments to tx.update.
-        return state.apply_gradients(grads=grads, **extra_args(method, values)), values
+        if not method.needs_values:
+            return state.apply_gradients(grads=grads), values
+        # TrainState.apply_gradients takes its keyword arguments as fields to replace, so a
+        # method that needs the losses is updated through tx.update directly.
+        updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value=values)
+        params = optax.apply_updates(state.params, updates)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), values
 
     state, first = train_step(state)
     for _ in range(100):

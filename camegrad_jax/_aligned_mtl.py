@@ -1,0 +1,117 @@
+r"""Aligned-MTL: independent component alignment (Senushkin et al., CVPR 2023), from the Gram."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from camegrad_jax import _gram, _tree
+from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+
+ScaleMode = Literal["min", "median", "rmse"]
+SCALE_MODES: tuple[str, ...] = ("min", "median", "rmse")
+# The official code's rank tolerance uses torch.finfo().eps, float32's, whatever the dtype.
+_RANK_EPS = float(jnp.finfo(jnp.float32).eps)
+
+
+def aligned_mtl_coefficients(gram: jax.Array, scale_mode: ScaleMode = "min") -> jax.Array:
+    r"""Aligned-MTL's coefficients :math:`B\mathbb{1}` from the Gram matrix of the (weighted)
+    task gradients (see :func:`aligned_mtl`)."""
+    num_tasks = gram.shape[0]
+    normalised, _ = _gram.trace_normalise(gram)  # B does not depend on the scale of G.
+    eigenvalues, eigenvectors = jnp.linalg.eigh(normalised)  # ascending
+    kept = eigenvalues > jnp.max(eigenvalues) * num_tasks * _RANK_EPS
+    rank = jnp.sum(kept)
+    if scale_mode == "min":
+        reference = jnp.min(jnp.where(kept, eigenvalues, jnp.inf))
+    elif scale_mode == "median":
+        # torch.median's lower median of the kept eigenvalues, the top `rank` of the ascending list.
+        index = num_tasks - rank + (rank - 1) // 2
+        reference = eigenvalues[jnp.clip(index, 0, num_tasks - 1)]
+    else:
+        reference = jnp.sum(jnp.where(kept, eigenvalues, 0.0)) / jnp.maximum(rank, 1)
+    reference = jnp.where(rank > 0, reference, 0.0)
+    inverse_sqrt = jnp.where(kept, 1.0 / jnp.sqrt(jnp.where(kept, eigenvalues, 1.0)), 0.0)
+    balance = jnp.sqrt(reference) * (eigenvectors * inverse_sqrt) @ eigenvectors.T
+    return balance @ jnp.ones((num_tasks,), gram.dtype)
+
+
+def aligned_mtl(
+    *,
+    scale_mode: ScaleMode = "min",
+    task_weights: Any = None,
+    num_tasks: int | None = None,
+    shared_mask: _tree.MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Aligned-MTL as an optax transformation over stacked per-task gradients.
+
+    With weighted task gradients :math:`h_i = \lambda_i g_i` stacked as the columns of H and
+    their Gram matrix :math:`G = H^\top H = V \Lambda V^\top` restricted to its r non-zero
+    eigenvalues (those above :math:`K \varepsilon_{32} \lambda_{max}`, as the official code):
+
+    .. math::
+
+      B = \sqrt{\sigma}\, V \Lambda^{-1/2} V^\top, \qquad \hat H = H B, \qquad
+      g = \hat H \mathbb{1} = \sum_i (B\mathbb{1})_i\, h_i .
+
+    The aligned gradients :math:`\hat H` have orthogonal components of equal magnitude
+    (:math:`\hat H^\top \hat H = \sigma V V^\top`, condition number 1), scaled by σ:
+
+    * ``"min"`` (the paper's and default): σ = the smallest kept eigenvalue, i.e. the squared
+      smallest singular value of H;
+    * ``"median"``: their (lower, as ``torch.median``) median;
+    * ``"rmse"``: their mean.
+
+    As the official code (https://github.com/SamsungLabs/MTL) and LibMTL, g is the *sum* of the
+    aligned gradients (torchjd's AlignedMTL averages them). The update is scale-equivariant and
+    invariant to the order of the tasks; it is 0 when every gradient is.
+
+    This transformation must be **first** in a chain (see :func:`camegrad_jax.camegrad`).
+
+    Args:
+      scale_mode: ``"min"`` (default), ``"median"`` or ``"rmse"``.
+      task_weights: static positive weights λ, one per task (default all ones).
+      num_tasks: K; needed to size the state unless ``task_weights`` gives it.
+      shared_mask: optional pytree of bools (or callable) marking the shared leaves; the others
+        receive :math:`\sum_i \lambda_i g_i`.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state is a
+      :class:`camegrad_jax.MultiTaskState` (``coefficients`` = B𝟙 ⊙ λ; no method state).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from camegrad_jax._aligned_mtl import aligned_mtl
+      >>> tx = aligned_mtl(num_tasks=2)
+      >>> grads = {"w": jnp.array([[1.0, 0.0], [0.0, 3.0]])}
+      >>> updates, state = tx.update(grads, tx.init({"w": jnp.zeros(2)}))
+      >>> updates["w"].round(4)  # both components rescaled to the smaller singular value
+      Array([1., 1.], dtype=float32)
+
+    References:
+      Senushkin et al., Independent Component Alignment for Multi-Task Learning, CVPR 2023.
+      https://arxiv.org/abs/2305.19000
+    """
+    if scale_mode not in SCALE_MODES:
+        raise ValueError(
+            f"Parameter `scale_mode` should be one of {SCALE_MODES}. Found "
+            f"`scale_mode = {scale_mode!r}`."
+        )
+
+    def weighting(gram, state, weights, **extra_args) -> WeightingResult:
+        del extra_args
+        beta = aligned_mtl_coefficients(_gram.weighted_gram(gram, weights), scale_mode)
+        coefficients, state = _gram.guard_non_finite(gram, beta * weights, state, state)
+        return WeightingResult(coefficients, state)
+
+    return stacked_gradient_transformation(
+        weighting,
+        lambda k: optax.EmptyState(),
+        name="aligned_mtl",
+        num_tasks=num_tasks,
+        task_weights=task_weights,
+        shared_mask=shared_mask,
+    )

@@ -1,0 +1,50 @@
+"""K × K helpers shared by the Gram-based weightings (MGDA, IMTL-G, Nash-MTL, Aligned-MTL...).
+
+Each weighting receives the Gram matrix of the *raw* task gradients g_i and acts on the weighted
+gradients h_i = λ_i g_i, whose Gram matrix is ΛGΛ. Working on ΛGΛ / trace(ΛGΛ) makes every
+tolerance relative, so that the methods are scale-equivariant from 1e-10 to 1e10.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def weighted_gram(gram: jax.Array, task_weights: jax.Array) -> jax.Array:
+    """ΛGΛ: the Gram matrix of h_i = λ_i g_i."""
+    return gram * task_weights[:, None] * task_weights[None, :]
+
+
+def trace_normalise(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(G / trace G, trace G), with G returned unchanged (all zeros) when its trace is 0."""
+    trace = jnp.trace(gram)
+    return gram / jnp.where(trace > 0, trace, 1.0), trace
+
+
+def pseudo_inverse_psd(gram: jax.Array, rtol: float | None = None) -> jax.Array:
+    """Pseudo-inverse of a symmetric positive semi-definite matrix by eigendecomposition.
+
+    Eigenvalues at most ``rtol · λ_max`` count as zero (default 8 K ε, above the round-off of an
+    exactly singular matrix, e.g. one with two identical tasks).
+    """
+    eigenvalues, eigenvectors = jnp.linalg.eigh(gram)
+    if rtol is None:
+        rtol = 8 * gram.shape[0] * float(jnp.finfo(gram.dtype).eps)
+    cutoff = rtol * jnp.max(eigenvalues)
+    inverse = jnp.where(eigenvalues > cutoff, 1.0 / jnp.where(eigenvalues > 0, eigenvalues, 1.0), 0)
+    return (eigenvectors * inverse) @ eigenvectors.T
+
+
+def guard_non_finite(
+    gram: jax.Array, coefficients: jax.Array, new_state: Any, previous_state: Any
+) -> tuple[jax.Array, Any]:
+    """A non-finite Gram matrix (NaN or inf in the gradients) poisons the coefficients, so that a
+    downstream ``optax.apply_if_finite`` rejects the step, and leaves the method's state as it
+    was, so that one bad batch does not corrupt the warm starts of the following steps."""
+    finite = jnp.all(jnp.isfinite(gram))
+    coefficients = jnp.where(finite, coefficients, jnp.nan)
+    state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, previous_state)
+    return coefficients, state

@@ -1,0 +1,67 @@
+"""What the loss-based methods share: the K task losses passed to ``update`` as ``value``.
+
+optax passes a scalar objective to ``update`` as the extra argument ``value`` (see
+``optax.contrib.reduce_on_plateau``); the loss-based methods here take the vector of the K task
+losses the same way, ``tx.update(grads, state, params, value=losses)``, e.g. the first output of
+:func:`camegrad_jax.task_gradients`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from camegrad_jax import _validation
+
+
+def task_losses(extra_args: dict[str, Any], num_tasks: int, name: str, dtype: Any) -> jax.Array:
+    """The (K,) task losses from ``update``'s extra arguments, in ``dtype`` (≥ float32)."""
+    value = extra_args.get("value")
+    if value is None:
+        raise ValueError(
+            f"{name} needs the K task losses: pass them to update as `value=losses` (shape "
+            f"({num_tasks},)), e.g. the losses returned by `camegrad_jax.task_gradients`."
+        )
+    if jnp.shape(value) != (num_tasks,):
+        raise ValueError(
+            f"{name} expects `value` to hold the K = {num_tasks} task losses (shape "
+            f"({num_tasks},)). Found `value` with shape {jnp.shape(value)}."
+        )
+    return jnp.asarray(value).astype(dtype)
+
+
+def all_finite(*arrays: jax.Array) -> jax.Array:
+    """() bool: whether every entry is finite. A step that is not keeps the method's state, and
+    its coefficients become NaN so that a downstream ``optax.apply_if_finite`` rejects it."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in arrays]))
+
+
+def keep_if(condition: jax.Array, new: Any, old: Any) -> Any:
+    """``new`` where ``condition`` holds, ``old`` elsewhere, leaf by leaf (same structure)."""
+    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), new, old)
+
+
+def check_finite(value: Any, name: str) -> None:
+    """Raises ``ValueError`` unless ``value`` is a finite real number (or a traced array)."""
+    if _validation.is_traced(value):
+        return
+    if np.ndim(value) != 0 or isinstance(value, bool) or not np.isfinite(value):
+        raise ValueError(
+            f"Parameter `{name}` should be a finite float. Found `{name} = {value!r}`."
+        )
+
+
+def check_integer(value: Any, name: str) -> None:
+    """Raises ``ValueError`` unless ``value`` is an integer (or a traced array)."""
+    if _validation.is_traced(value):
+        return
+    if (
+        isinstance(value, bool)
+        or np.ndim(value) != 0
+        or not np.isfinite(value)
+        or int(value) != value
+    ):
+        raise ValueError(f"Parameter `{name}` should be an integer. Found `{name} = {value!r}`.")
