@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from camegrad_jax import _tree, _validation
+from camegrad_jax import _gram, _tree, _validation
 from camegrad_jax._diagnostics import GradientStats, empty_stats, gradient_stats
 
 
@@ -58,6 +58,36 @@ def stored(x: jax.Array) -> jax.Array:
     dtype, or the second update would recompile (and lax.scan loops would fail)."""
     x = jnp.asarray(x)
     return x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+
+def gram_weighting_transformation(
+    coefficients_fn: Callable[[jax.Array], jax.Array],
+    *,
+    name: str,
+    num_tasks: int | None,
+    task_weights: Any,
+    shared_mask: _tree.MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+    """The transformation of a stateless weighting of the weighted Gram matrix.
+
+    ``coefficients_fn(ΛGΛ) -> β`` gives the update Σ_i β_i h_i on the weighted gradients
+    h_i = λ_i g_i; a non-finite G poisons the coefficients (see `_gram.guard_non_finite`).
+    """
+
+    def weighting(gram, state, weights, **extra_args) -> WeightingResult:
+        del extra_args
+        beta = coefficients_fn(_gram.weighted_gram(gram, weights))
+        coefficients, state = _gram.guard_non_finite(gram, beta * weights, state, state)
+        return WeightingResult(coefficients, state)
+
+    return stacked_gradient_transformation(
+        weighting,
+        lambda k: optax.EmptyState(),
+        name=name,
+        num_tasks=num_tasks,
+        task_weights=task_weights,
+        shared_mask=shared_mask,
+    )
 
 
 def stacked_gradient_transformation(

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from camegrad_jax import _gram, _tree
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax import _gram, _tree, _validation
+from camegrad_jax._aggregation import gram_weighting_transformation
 
 ScaleMode = Literal["min", "median", "rmse"]
 SCALE_MODES: tuple[str, ...] = ("min", "median", "rmse")
@@ -95,21 +95,10 @@ def aligned_mtl(
       Senushkin et al., Independent Component Alignment for Multi-Task Learning, CVPR 2023.
       https://arxiv.org/abs/2305.19000
     """
-    if scale_mode not in SCALE_MODES:
-        raise ValueError(
-            f"Parameter `scale_mode` should be one of {SCALE_MODES}. Found "
-            f"`scale_mode = {scale_mode!r}`."
-        )
+    _validation.check_choice(scale_mode, SCALE_MODES, "scale_mode")
 
-    def weighting(gram, state, weights, **extra_args) -> WeightingResult:
-        del extra_args
-        beta = aligned_mtl_coefficients(_gram.weighted_gram(gram, weights), scale_mode)
-        coefficients, state = _gram.guard_non_finite(gram, beta * weights, state, state)
-        return WeightingResult(coefficients, state)
-
-    return stacked_gradient_transformation(
-        weighting,
-        lambda k: optax.EmptyState(),
+    return gram_weighting_transformation(
+        lambda gram: aligned_mtl_coefficients(gram, scale_mode),
         name="aligned_mtl",
         num_tasks=num_tasks,
         task_weights=task_weights,

@@ -34,10 +34,9 @@ class CAGradState(NamedTuple):
 def _check_rescale(rescale: Any) -> None:
     if _validation.is_traced(rescale):
         return
-    if isinstance(rescale, bool) or np.ndim(rescale) != 0 or rescale not in RESCALES:
-        raise ValueError(
-            f"Parameter `rescale` should be one of {RESCALES}. Found `rescale = {rescale!r}`."
-        )
+    if np.ndim(rescale) != 0:
+        raise ValueError(f"Parameter `rescale` should be one of {RESCALES}. Found `{rescale!r}`.")
+    _validation.check_choice(rescale, RESCALES, "rescale")
 
 
 def _rescale_divisor(rescale: Any, c: jax.Array) -> jax.Array:
@@ -117,13 +116,7 @@ def cagrad(
     """
     _validation.check_non_negative(c, "c")
     _check_rescale(rescale)
-    if solver not in _dual.SOLVERS:
-        raise ValueError(
-            f"Parameter `solver` should be one of {_dual.SOLVERS}. Found `solver = {solver!r}`."
-        )
-    if solver_tol is not None:
-        _validation.check_positive(solver_tol, "solver_tol")
-    _validation.check_positive_int(solver_maxiter, "solver_maxiter")
+    _dual.check_solver_options(solver, solver_tol, solver_maxiter)
 
     def init_method_state(k: int) -> CAGradState:
         return CAGradState(

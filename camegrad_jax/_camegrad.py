@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from camegrad_jax import _dual, _tree, _validation
+from camegrad_jax import _dual, _gram, _tree, _validation
 from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
 from camegrad_jax._diagnostics import quadratic_norm
 
@@ -88,13 +88,10 @@ def camegrad_weights(
     num_tasks = gram.shape[0]
     dtype = gram.dtype
     weights = _validation.weights_vector(task_weights, num_tasks, dtype)
-    weighted = gram * weights[:, None] * weights[None, :]
-    trace = jnp.trace(weighted)
-    usable = trace > 0
     # Work on G / trace(G): every tolerance below is then relative, so the answer is
     # scale-equivariant from 1e-10 to 1e10 (an absolute ε would set the units).
-    normalised = weighted / jnp.where(usable, trace, 1.0)
-    scale = jnp.sqrt(jnp.where(usable, trace, 0.0))
+    normalised, trace = _gram.trace_normalise(_gram.weighted_gram(gram, weights))
+    scale = jnp.sqrt(jnp.where(trace > 0, trace, 0.0))
     c, gamma, alpha = (jnp.asarray(v, dtype) for v in (c, gamma, alpha))
     centre = jnp.full((num_tasks,), 1.0 / num_tasks, dtype)
     ones = jnp.ones((num_tasks,), dtype)
@@ -296,13 +293,7 @@ def camegrad(
     _validation.check_unit_interval(alpha, "alpha")
     _validation.check_task_weights(task_weights)
     _check_enhance(enhance)
-    if solver not in _dual.SOLVERS:
-        raise ValueError(
-            f"Parameter `solver` should be one of {_dual.SOLVERS}. Found `solver = {solver!r}`."
-        )
-    if solver_tol is not None:
-        _validation.check_positive(solver_tol, "solver_tol")
-    _validation.check_positive_int(solver_maxiter, "solver_maxiter")
+    _dual.check_solver_options(solver, solver_tol, solver_maxiter)
 
     def init_method_state(k: int) -> CameGradState:
         return CameGradState(
@@ -340,7 +331,11 @@ def camegrad(
             duality_gap=result.duality_gap,
             key=state.key,
         )
-        return WeightingResult(result.coefficients, new_state)
+        # A non-finite step must not leave NaN in the warm start of the next one.
+        coefficients, new_state = _gram.guard_non_finite(
+            gram, result.coefficients, new_state, state
+        )
+        return WeightingResult(coefficients, new_state)
 
     def add_noise(leaves, state: CameGradState):
         key, noisy = _add_isotropic_noise(state.key, leaves, state.noise_norm)

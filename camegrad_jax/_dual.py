@@ -44,6 +44,7 @@ import jax.numpy as jnp
 from jax import lax
 from optax.projections import projection_simplex
 
+from camegrad_jax import _validation
 from camegrad_jax._cone import project_onto_dual_cone
 
 Solver = Literal["jaxopt", "apg"]
@@ -61,6 +62,14 @@ class DualSolution(NamedTuple):
     solver_error: jax.Array  # () the solver's residual (gradient-mapping norm; 0 once polished).
     duality_gap: jax.Array  # () dual objective − worst-case improvement of d; 0 at optimum.
     polished: jax.Array  # () bool, whether the active-set polish was accepted.
+
+
+def check_solver_options(solver: Any, tol: Any, maxiter: Any) -> None:
+    """Validates a factory's `solver`, `solver_tol` and `solver_maxiter` arguments."""
+    _validation.check_choice(solver, SOLVERS, "solver")
+    if tol is not None:
+        _validation.check_positive(tol, "solver_tol")
+    _validation.check_positive_int(maxiter, "solver_maxiter")
 
 
 def default_tolerance(dtype: jnp.dtype) -> float:
@@ -325,8 +334,7 @@ def solve_dual(
     Returns:
       A :class:`DualSolution`.
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"Parameter `solver` should be one of {SOLVERS}. Found `{solver!r}`.")
+    _validation.check_choice(solver, SOLVERS, "solver")
     dtype = gram.dtype
     # tol and maxiter may be traced (optax.inject_hyperparams passes numbers as arrays).
     tol = jnp.asarray(default_tolerance(dtype) if tol is None else tol, dtype)

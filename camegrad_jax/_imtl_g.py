@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from camegrad_jax import _gram, _tree
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import gram_weighting_transformation
 
 
 def imtl_g_coefficients(gram: jax.Array) -> jax.Array:
@@ -80,15 +80,8 @@ def imtl_g(
       https://openreview.net/forum?id=IMPnRXEWpvr
     """
 
-    def weighting(gram, state, weights, **extra_args) -> WeightingResult:
-        del extra_args
-        alpha = imtl_g_coefficients(_gram.weighted_gram(gram, weights))
-        coefficients, state = _gram.guard_non_finite(gram, alpha * weights, state, state)
-        return WeightingResult(coefficients, state)
-
-    return stacked_gradient_transformation(
-        weighting,
-        lambda k: optax.EmptyState(),
+    return gram_weighting_transformation(
+        imtl_g_coefficients,
         name="imtl_g",
         num_tasks=num_tasks,
         task_weights=task_weights,

@@ -126,18 +126,8 @@ def mgda(
       Désidéri, Multiple-gradient descent algorithm (MGDA) for multiobjective optimization,
       Comptes Rendus Mathematique 2012.
     """
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(
-            f"Parameter `normalization` should be one of {NORMALIZATIONS}. Found "
-            f"`normalization = {normalization!r}`."
-        )
-    if solver not in _dual.SOLVERS:
-        raise ValueError(
-            f"Parameter `solver` should be one of {_dual.SOLVERS}. Found `solver = {solver!r}`."
-        )
-    if solver_tol is not None:
-        _validation.check_positive(solver_tol, "solver_tol")
-    _validation.check_positive_int(solver_maxiter, "solver_maxiter")
+    _validation.check_choice(normalization, NORMALIZATIONS, "normalization")
+    _dual.check_solver_options(solver, solver_tol, solver_maxiter)
 
     def init_method_state(k: int) -> MGDAState:
         return MGDAState(

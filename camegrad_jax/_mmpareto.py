@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from camegrad_jax import _tree, _validation
+from camegrad_jax import _gram, _tree, _validation
 from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
 
 _NAME = "mmpareto"
@@ -125,9 +125,7 @@ def mmpareto_coefficients(gram: jax.Array, task_weights: jax.Array) -> jax.Array
     w MGDA's min-norm weights over the active tasks.
     """
     k = gram.shape[0]
-    weighted = gram * task_weights[:, None] * task_weights[None, :]
-    trace = jnp.trace(weighted)
-    normalised = weighted / jnp.where(trace > 0, trace, 1.0)
+    normalised, _ = _gram.trace_normalise(_gram.weighted_gram(gram, task_weights))
     active = jnp.diagonal(normalised) > 0
     pairs = active[:, None] & active[None, :] & ~jnp.eye(k, dtype=bool)
     agree = jnp.all(jnp.where(pairs, normalised > 0, True))

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from camegrad_jax import _loss_values, _tree
+from camegrad_jax import _loss_values, _tree, _validation
 from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
 
 _NAME = "rlw"
@@ -90,11 +90,7 @@ def rlw(
       Lin, Ye, Xu, Shi & Zhang, Reasonable Effectiveness of Random Weighting: A Litmus Test for
       Multi-Task Learning, TMLR 2022. https://arxiv.org/abs/2111.10603
     """
-    if distribution not in DISTRIBUTIONS:
-        raise ValueError(
-            f"Parameter `distribution` should be one of {DISTRIBUTIONS}. "
-            f"Found `distribution = {distribution!r}`."
-        )
+    _validation.check_choice(distribution, DISTRIBUTIONS, "distribution")
     _loss_values.check_integer(seed, "seed")
 
     def init_method_state(k: int) -> RLWState:

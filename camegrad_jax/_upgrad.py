@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from camegrad_jax import _gram, _tree
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax import _tree, _validation
+from camegrad_jax._aggregation import gram_weighting_transformation
 from camegrad_jax._cone import project_onto_dual_cone
 
 Reduction = Literal["mean", "sum"]
@@ -83,21 +83,10 @@ def upgrad(
       Quinton & Rey, Jacobian Descent for Multi-Objective Optimization, 2024.
       https://arxiv.org/abs/2406.16232 (code: https://github.com/TorchJD/torchjd)
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(
-            f"Parameter `reduction` should be one of {REDUCTIONS}. Found "
-            f"`reduction = {reduction!r}`."
-        )
+    _validation.check_choice(reduction, REDUCTIONS, "reduction")
 
-    def weighting(gram, state, weights, **extra_args) -> WeightingResult:
-        del extra_args
-        beta = upgrad_coefficients(_gram.weighted_gram(gram, weights), reduction)
-        coefficients, state = _gram.guard_non_finite(gram, beta * weights, state, state)
-        return WeightingResult(coefficients, state)
-
-    return stacked_gradient_transformation(
-        weighting,
-        lambda k: optax.EmptyState(),
+    return gram_weighting_transformation(
+        lambda gram: upgrad_coefficients(gram, reduction),
         name="upgrad",
         num_tasks=num_tasks,
         task_weights=task_weights,

@@ -65,6 +65,16 @@ def check_positive_int(value: Any, name: str) -> None:
         )
 
 
+def check_choice(value: Any, choices: tuple, name: str) -> None:
+    """Raises `ValueError` unless `value` is one of `choices` (static strings or numbers)."""
+    if is_traced(value):
+        return
+    if isinstance(value, bool) or value not in choices:
+        raise ValueError(
+            f"Parameter `{name}` should be one of {choices}. Found `{name} = {value!r}`."
+        )
+
+
 def check_task_weights(task_weights: Any, name: str = "task_weights") -> None:
     """Task weights must be a 1-D sequence of finite positive numbers."""
     if task_weights is None or is_traced(task_weights):

@@ -150,8 +150,11 @@ def test_with_apply_if_finite_downstream(method):
     # The non-finite step is rejected (zero update) and counted.
     assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
     assert int(state[1].notfinite_count) == 1
+    # The rejected step must not poison the method's state: the next step is finite again.
     updates, state = tx.update(grads, state, params, **extra_args(method, values))
+    assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
     assert any(bool(jnp.any(u != 0)) for u in jax.tree.leaves(updates))
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state[0]))
 
 
 @pytest.mark.parametrize("method", METHODS, ids=IDS)
