@@ -180,22 +180,29 @@ def _apg_iteration(
         y = state.extrapolated
         f_y, g_y = value_and_grad(y, gram, radius, centre)
 
-        def not_enough_decrease(carry):
-            lipschitz, candidate, count = carry
+        def try_step(lipschitz):
+            candidate = _project(y - g_y / lipschitz)
             diff = candidate - y
             model = f_y + g_y @ diff + 0.5 * lipschitz * (diff @ diff)
             f_candidate = dual_objective(candidate, gram, radius, centre)
-            return (f_candidate > model + slack * jnp.abs(f_y)) & (count < max_backtracks)
+            return candidate, f_candidate > model + slack * jnp.abs(f_y)
+
+        # The decrease test is computed once per candidate and carried: under `vmap`, a test
+        # recomputed in the loop condition can disagree with its twin that selects the batch
+        # elements to update (float round-off), and the loop then never ends.
+        def keep_backtracking(carry):
+            _, _, insufficient, count = carry
+            return insufficient & (count < max_backtracks)
 
         def backtrack(carry):
-            lipschitz, _, count = carry
+            lipschitz, _, _, count = carry
             lipschitz = 2 * lipschitz
-            return lipschitz, _project(y - g_y / lipschitz), count + 1
+            return (lipschitz, *try_step(lipschitz), count + 1)
 
-        lipschitz, x_new, _ = lax.while_loop(
-            not_enough_decrease,
+        lipschitz, x_new, _, _ = lax.while_loop(
+            keep_backtracking,
             backtrack,
-            (state.lipschitz, _project(y - g_y / state.lipschitz), jnp.asarray(0)),
+            (state.lipschitz, *try_step(state.lipschitz), jnp.asarray(0)),
         )
         error = lipschitz * jnp.linalg.norm(x_new - y)
         # Restart the momentum when it points uphill.

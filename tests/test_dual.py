@@ -129,3 +129,21 @@ def test_dual_cone_projection_matches_nnls():
         expected = (c + mu) @ h
         assert np.all(h @ expected >= -1e-10)
         np.testing.assert_allclose(coefficients @ h, expected, rtol=1e-7, atol=1e-9)
+
+
+def test_apg_terminates_under_vmap_on_a_near_tie():
+    # Nearly opposite gradients: the backtracking test sits on a float32 tie. It used to be
+    # recomputed in the loop condition, and under vmap the loop never ended.
+    gram = jnp.array(
+        [[0.04040906950831413, -0.03997686877846718], [-0.03997686877846718, 0.03956229239702225]],
+        jnp.float32,
+    )
+    init = jnp.array([0.4910290539264679, 0.5089709162712097], jnp.float32)
+
+    def coefficients(gram, init):
+        return cg.camegrad_weights(
+            gram, solver="apg", init_weights=init, enhance=False, fuse=False
+        ).coefficients
+
+    batched = jax.jit(jax.vmap(coefficients))(gram[None], init[None])
+    np.testing.assert_allclose(batched[0], jax.jit(coefficients)(gram, init), rtol=1e-5)

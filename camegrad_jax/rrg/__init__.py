@@ -6,6 +6,8 @@ default, or on IU X-Ray / MIMIC-CXR in the R2Gen ``annotation.json`` layout. The
 (``camegrad_jax``) never imports this sub-package.
 """
 
+from camegrad_jax.rrg.checkpoint import restore_checkpoint, save_checkpoint
+from camegrad_jax.rrg.config import TASK_NAMES, TrainConfig
 from camegrad_jax.rrg.data import (
     DATASET_VIEWS,
     DEFAULT_MAX_LEN,
@@ -20,6 +22,9 @@ from camegrad_jax.rrg.data import (
     positive_rate,
     read_annotation,
 )
+from camegrad_jax.rrg.diagnostics import StepLog, step_diagnostics, summarize_step_log
+from camegrad_jax.rrg.evaluation import SELECTION_METRIC, evaluate_split, generate_reports
+from camegrad_jax.rrg.experiment import Setup, build_setup, make_train_step, update_samples
 from camegrad_jax.rrg.labeler import (
     CheXbertLabeler,
     LabelerAgreement,
@@ -55,6 +60,13 @@ from camegrad_jax.rrg.observations import (
     POSITIVE,
     UNCERTAIN,
 )
+from camegrad_jax.rrg.optim import (
+    MULTITASK_METHODS,
+    MultitaskMethod,
+    available_methods,
+    build_multitask,
+    build_optimizer,
+)
 from camegrad_jax.rrg.synthetic import (
     SyntheticConfig,
     generate_synthetic,
@@ -69,6 +81,7 @@ from camegrad_jax.rrg.tokenizer import (
     Tokenizer,
     clean_report,
 )
+from camegrad_jax.rrg.train import RESULTS_FILE, STEP_LOG_FILE, evaluate_run, restore_run, train
 
 __all__ = [
     "BLANK",
@@ -76,13 +89,18 @@ __all__ = [
     "DATASET_VIEWS",
     "DEFAULT_MAX_LEN",
     "EOS_ID",
+    "MULTITASK_METHODS",
     "NEGATIVE",
     "NUM_LABEL_CLASSES",
     "NUM_OBSERVATIONS",
     "OBSERVATIONS",
     "PAD_ID",
     "POSITIVE",
+    "RESULTS_FILE",
+    "SELECTION_METRIC",
     "SPLITS",
+    "STEP_LOG_FILE",
+    "TASK_NAMES",
     "UNCERTAIN",
     "UNK_ID",
     "AnnotationError",
@@ -90,21 +108,32 @@ __all__ = [
     "EncodedSplit",
     "LabelerAgreement",
     "ModelConfig",
+    "MultitaskMethod",
+    "RawSplit",
     "RRGDataset",
     "RRGModel",
-    "RawSplit",
+    "Setup",
+    "StepLog",
     "SyntheticConfig",
     "Tokenizer",
+    "TrainConfig",
     "auxiliary_head_metrics",
+    "available_methods",
     "base_probs",
     "beam_search_decode",
     "build_dataset",
+    "build_multitask",
+    "build_optimizer",
+    "build_setup",
     "check_labels",
     "classification_probs",
     "clean_report",
     "clinical_efficacy_example_based",
     "clinical_efficacy_label_macro",
     "evaluate_reports",
+    "evaluate_run",
+    "evaluate_split",
+    "generate_reports",
     "generate_synthetic",
     "greedy_decode",
     "label_reports",
@@ -113,11 +142,19 @@ __all__ = [
     "loss_vector",
     "losses",
     "losses_with_aux",
+    "make_train_step",
     "nlg_scores",
     "positive_rate",
     "read_annotation",
+    "restore_checkpoint",
+    "restore_run",
     "roc_auc",
+    "save_checkpoint",
     "shared_parameter_mask",
+    "step_diagnostics",
+    "summarize_step_log",
     "synthetic_dataset",
+    "train",
+    "update_samples",
     "write_r2gen_layout",
 ]

@@ -45,6 +45,7 @@ METEOR_MISSING_NOTE = (
     "METEOR not computed: no `java` executable on the PATH (pycocoevalcap's METEOR runs "
     "meteor-1.5.jar). Install a Java runtime to report it."
 )
+METEOR_SKIPPED_NOTE = "METEOR not computed: skipped on request (`meteor=False`)."
 
 
 def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -68,13 +69,15 @@ def _check_pair(generated: Sequence[str], references: Sequence[str]) -> None:
 
 
 def nlg_scores(
-    generated: Sequence[str], references: Sequence[str]
+    generated: Sequence[str], references: Sequence[str], *, meteor: bool = True
 ) -> dict[str, float | None | str]:
     """BLEU-1..4, METEOR and ROUGE-L of ``generated`` against ``references`` (one each).
 
     Args:
       generated: generated reports; empty strings are allowed and score 0.
       references: the reference report for each generated one.
+      meteor: compute METEOR (it starts a Java process, about 15 s per call); when False,
+        ``"METEOR"`` is ``None`` and ``"METEOR_note"`` says it was skipped.
 
     Returns:
       ``{"BLEU_1", "BLEU_2", "BLEU_3", "BLEU_4", "METEOR", "ROUGE_L"}`` as floats (BLEU is
@@ -92,16 +95,17 @@ def nlg_scores(
 
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     scores: dict[str, float | None | str] = {f"BLEU_{n}": float(bleu[n - 1]) for n in range(1, 5)}
-    if shutil.which("java") is None:
+    note = None
+    if not meteor:
+        note = METEOR_SKIPPED_NOTE
+    elif shutil.which("java") is None:
         warnings.warn(METEOR_MISSING_NOTE, RuntimeWarning, stacklevel=2)
-        scores["METEOR"] = None
-    else:
-        meteor, _ = Meteor().compute_score(gts, res)
-        scores["METEOR"] = float(meteor)
+        note = METEOR_MISSING_NOTE
+    scores["METEOR"] = None if note else float(Meteor().compute_score(gts, res)[0])
     rouge, _ = Rouge().compute_score(gts, res)
     scores["ROUGE_L"] = float(rouge)
-    if scores["METEOR"] is None:
-        scores["METEOR_note"] = METEOR_MISSING_NOTE
+    if note:
+        scores["METEOR_note"] = note
     return scores
 
 
@@ -299,6 +303,7 @@ def evaluate_reports(
     labeler: Labeler = label_reports,
     *,
     reference_labels: np.ndarray | None = None,
+    meteor: bool = True,
 ) -> dict[str, float | None | str]:
     """NLG and both CE protocols in one flat dict.
 
@@ -310,14 +315,15 @@ def evaluate_reports(
       reference_labels: ``(N, 14)`` labels to use for the references instead of labelling them
         (e.g. gold labels of synthetic data). By default the references go through ``labeler``
         like the generated reports, as the published protocols do.
+      meteor: compute METEOR (see `nlg_scores`).
 
     Returns:
       ``BLEU_1``–``BLEU_4``, ``METEOR`` (``None`` without Java), ``ROUGE_L``;
       ``ce_example_{precision,recall,f1,avg}`` (`clinical_efficacy_example_based`);
       ``ce_label_macro_{precision,recall,f1,avg}`` (`clinical_efficacy_label_macro`); and
-      ``METEOR_note`` only when METEOR could not be computed.
+      ``METEOR_note`` only when METEOR was not computed.
     """
-    scores = nlg_scores(generated, references)
+    scores = nlg_scores(generated, references, meteor=meteor)
     note = scores.pop("METEOR_note", None)
     generated_labels = labeler(list(generated))
     if reference_labels is None:

@@ -287,7 +287,9 @@ def test_evaluate_reports_with_rule_based_labeler(no_java):
 
 
 def test_evaluate_reports_with_custom_labeler_and_reference_labels(monkeypatch):
-    monkeypatch.setattr(metrics, "nlg_scores", lambda g, r: {"BLEU_1": 1.0, "METEOR": 0.5})
+    monkeypatch.setattr(
+        metrics, "nlg_scores", lambda g, r, **options: {"BLEU_1": 1.0, "METEOR": 0.5}
+    )
     texts = [f"report {i}" for i in range(4)]
 
     def fake_labeler(reports):

@@ -1,0 +1,284 @@
+"""An experiment before its first step: data, model, multi-task method, optimizer, jitted step.
+
+:func:`build_setup` turns a :class:`~camegrad_jax.rrg.config.TrainConfig` into a :class:`Setup`;
+:func:`make_train_step` is the one jitted step every method shares::
+
+    losses, task_grads = camegrad_jax.task_gradients(loss_fn, params)   # [L_lm, L_cls]
+    updates, opt_state = tx.update(task_grads, opt_state, params, value=losses)
+    params = optax.apply_updates(params, updates)
+
+with the dropout key ``fold_in(key(seed), step)``. :func:`update_samples` evaluates the
+multi-task method alone at fixed parameters, for measurements of the update noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import camegrad_jax
+from camegrad_jax import MultiTaskState
+from camegrad_jax.rrg.config import TASK_NAMES, TrainConfig
+from camegrad_jax.rrg.data import RRGDataset, load_dataset
+from camegrad_jax.rrg.diagnostics import step_diagnostics
+from camegrad_jax.rrg.labeler import label_reports
+from camegrad_jax.rrg.model import RRGModel, loss_vector, shared_parameter_mask
+from camegrad_jax.rrg.optim import (
+    MULTITASK_METHODS,
+    build_multitask,
+    build_optimizer,
+    learning_rate_schedule,
+    multitask_options,
+)
+from camegrad_jax.rrg.synthetic import synthetic_dataset
+from camegrad_jax.rrg.tokenizer import Tokenizer
+
+__all__ = [
+    "Setup",
+    "TrainStep",
+    "build_setup",
+    "load_data",
+    "make_train_step",
+    "update_samples",
+]
+
+TrainStep = Callable[..., tuple[nnx.State, Any, dict[str, jax.Array]]]
+
+
+def load_data(
+    config: TrainConfig,
+    *,
+    tokenizer: Tokenizer | None = None,
+    image_mean: float | None = None,
+    image_std: float | None = None,
+) -> RRGDataset:
+    """The run's data: synthetic unless ``config.ann_path`` is set; entries of an annotation
+    file without ``labels`` are labelled by the rule-based labeler."""
+    if config.uses_synthetic_data:
+        return synthetic_dataset(
+            config.synthetic_config(),
+            max_len=config.max_len,
+            tokenizer=tokenizer,
+            threshold=config.vocab_threshold,
+        )
+    return load_dataset(
+        config.ann_path,
+        config.image_dir,
+        dataset_name=config.dataset_name,
+        image_size=config.image_size,
+        max_len=config.max_len,
+        label_fn=label_reports,
+        tokenizer=tokenizer,
+        threshold=config.vocab_threshold,
+        image_mean=image_mean,
+        image_std=image_std,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Everything a run builds before its first step.
+
+    Attributes:
+      config: the run's configuration.
+      dataset: the data (tokenizer included).
+      graphdef, params, rest: ``nnx.split(model, nnx.Param, ...)`` of the freshly initialised
+        model, ``rest`` holding ``base_probs`` from the training labels.
+      shared_mask: True for the visual encoder's parameters, the only ones both losses share.
+      steps_per_epoch: training steps per epoch (the last partial batch is dropped).
+      schedule: the learning rate by step.
+      multitask: the multi-task transformation (first member of ``tx``).
+      multitask_options: the keyword arguments it was built with.
+      tx: the whole optimizer chain.
+    """
+
+    config: TrainConfig
+    dataset: RRGDataset
+    graphdef: nnx.GraphDef
+    params: nnx.State
+    rest: nnx.State
+    shared_mask: nnx.State
+    steps_per_epoch: int
+    schedule: optax.Schedule
+    multitask: optax.GradientTransformationExtraArgs
+    multitask_options: Mapping[str, Any]
+    tx: optax.GradientTransformationExtraArgs
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.epochs * self.steps_per_epoch
+
+    def init_opt_state(self, params: nnx.State) -> Any:
+        """``tx.init(params)`` with every leaf in a buffer of its own: the train step donates
+        the state, and an ``init`` may hand one array to two fields (donating it twice fails).
+        """
+        return jax.tree.map(jnp.copy, self.tx.init(params))
+
+    def model(self, params: nnx.State | None = None, rest: nnx.State | None = None) -> RRGModel:
+        """The model with ``params`` and ``rest`` (default: the initial ones)."""
+        return nnx.merge(
+            self.graphdef,
+            self.params if params is None else params,
+            self.rest if rest is None else rest,
+        )
+
+
+def build_setup(
+    config: TrainConfig,
+    *,
+    tokenizer: Tokenizer | None = None,
+    image_mean: float | None = None,
+    image_std: float | None = None,
+    dataset: RRGDataset | None = None,
+) -> Setup:
+    """Data, model, multi-task method and optimizer of ``config``.
+
+    Args:
+      config: the run.
+      tokenizer, image_mean, image_std: reuse a run's tokenizer and image normalisation
+        (e.g. restored from a checkpoint) rather than computing them from the training split.
+      dataset: use this data set instead of loading ``config``'s.
+    """
+    if dataset is None:
+        dataset = load_data(config, tokenizer=tokenizer, image_mean=image_mean, image_std=image_std)
+    model_config = config.model_config(dataset.tokenizer.vocab_size, dataset.num_views)
+    # RBG keys: on a CPU they compile the initialisers several times faster than threefry.
+    model = RRGModel(model_config, rngs=nnx.Rngs(jax.random.key(config.seed, impl="rbg")))
+    model.set_base_probs(dataset.base_probs())
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    shared_mask = shared_parameter_mask(model)
+    steps_per_epoch = dataset.num_batches("train", config.batch_size, drop_last=True)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"`batch_size = {config.batch_size}` exceeds the {len(dataset.splits['train'])} "
+            "training studies: an epoch would have no step."
+        )
+    schedule = learning_rate_schedule(
+        config.learning_rate,
+        config.epochs * steps_per_epoch,
+        config.warmup_fraction,
+        config.final_lr_fraction,
+    )
+    hyper = {"c": config.c, "gamma": config.gamma, "alpha": config.alpha}
+    context = {"seed": config.seed, "epoch_length": steps_per_epoch}
+    options = multitask_options(config.optimizer, hyper, context)
+    options.update(config.method_options)
+    multitask = build_multitask(
+        config.optimizer,
+        num_tasks=len(TASK_NAMES),
+        task_weights=list(config.task_weights),
+        shared_mask=shared_mask,
+        **options,
+    )
+    clip = config.baseline_clip if MULTITASK_METHODS[config.optimizer].baseline else None
+    tx = build_optimizer(multitask, params, schedule, weight_decay=config.weight_decay, clip=clip)
+    return Setup(
+        config=config,
+        dataset=dataset,
+        graphdef=graphdef,
+        params=params,
+        rest=rest,
+        shared_mask=shared_mask,
+        steps_per_epoch=steps_per_epoch,
+        schedule=schedule,
+        multitask=multitask,
+        multitask_options=options,
+        tx=tx,
+    )
+
+
+def _dropout_key(seed: int, step: jax.Array) -> jax.Array:
+    # RBG keys compile dropout masks several times faster than threefry keys on a CPU.
+    return jax.random.fold_in(jax.random.key(seed, impl="rbg"), step)
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformationExtraArgs,
+    schedule: optax.Schedule,
+    seed: int,
+) -> TrainStep:
+    """The jitted ``step(params, opt_state, rest, batch, step) -> (params, opt_state, diag)``.
+
+    ``tx`` is any optax transformation over stacked per-task gradients (leading axis of size
+    2); it receives ``value=losses``. ``diag`` holds `step_diagnostics` and the learning rate.
+    ``params`` and ``opt_state`` are donated.
+    """
+
+    def train_step(params, opt_state, rest, batch, step):
+        key = _dropout_key(seed, step)
+
+        def loss_fn(p):
+            return loss_vector(graphdef, p, rest, batch, train=True, dropout_key=key)
+
+        losses, task_grads = camegrad_jax.task_gradients(loss_fn, params)
+        updates, opt_state = tx.update(task_grads, opt_state, params, value=losses)
+        params = optax.apply_updates(params, updates)
+        diagnostics = step_diagnostics(losses, opt_state)
+        diagnostics["learning_rate"] = schedule(step)
+        return params, opt_state, diagnostics
+
+    return jax.jit(train_step, donate_argnums=(0, 1))
+
+
+def update_samples(
+    setup: Setup,
+    params: nnx.State,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    *,
+    rest: nnx.State | None = None,
+    multitask_state: MultiTaskState | Any = None,
+    seed: int = 0,
+    train: bool = True,
+    shared_only: bool = False,
+) -> np.ndarray:
+    """The multi-task method's output (the update before AdamW) at fixed parameters, one
+    flattened vector per minibatch: samples of the update noise (the paper's Appendix B.2
+    measures the trace of its covariance).
+
+    Every minibatch starts from the same ``multitask_state`` (nothing is carried from one to
+    the next), so the samples are independent given the parameters.
+
+    Args:
+      setup: the run's setup (model structure and multi-task method).
+      params: the parameters to evaluate at.
+      batches: minibatches, e.g. ``setup.dataset.iterate_batches("train", 32, shuffle=True)``.
+      rest: the non-trainable state (``base_probs``); default ``setup.rest``.
+      multitask_state: the method's state, e.g. ``find_multitask_state(opt_state)`` of a
+        checkpoint (warm starts, learned weights); default a fresh ``init``.
+      seed: dropout keys are ``fold_in(key(seed), i)`` for minibatch i.
+      train: training mode (dropout and logit adjustment on), as in a training step.
+      shared_only: keep only the shared (visual encoder) leaves.
+
+    Returns:
+      float32 ``(num_batches, P)``; P counts all parameters, or the shared ones.
+    """
+    rest = setup.rest if rest is None else rest
+    state = setup.multitask.init(params) if multitask_state is None else multitask_state
+    keep = jax.tree.leaves(setup.shared_mask) if shared_only else None
+
+    @jax.jit
+    def one(params, state, batch, index):
+        key = _dropout_key(seed, index) if train else None
+
+        def loss_fn(p):
+            return loss_vector(setup.graphdef, p, rest, batch, train=train, dropout_key=key)
+
+        losses, task_grads = camegrad_jax.task_gradients(loss_fn, params)
+        updates, _ = setup.multitask.update(task_grads, state, params, value=losses)
+        leaves = jax.tree.leaves(updates)
+        if keep is not None:
+            leaves = [leaf for leaf, shared in zip(leaves, keep, strict=True) if shared]
+        return jnp.concatenate([leaf.ravel() for leaf in leaves]).astype(jnp.float32)
+
+    samples = [one(params, state, batch, jnp.int32(i)) for i, batch in enumerate(batches)]
+    if not samples:
+        raise ValueError("`batches` is empty.")
+    return np.stack(jax.device_get(samples))

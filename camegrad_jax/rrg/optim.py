@@ -1,0 +1,216 @@
+"""Multi-task methods by name, and the optimizer chain of the public CAME-Grad training recipe.
+
+:data:`MULTITASK_METHODS` maps a name to a factory of the core library and the keyword
+arguments that name always passes; adding a method is one entry. :func:`build_multitask` builds
+one, :func:`build_optimizer` puts it in front of AdamW:
+
+    optax.chain(multitask, [optax.clip(0.1) for "linear" only], optax.adamw(schedule, ...))
+
+The multi-task transformation is first, as it must be: it turns gradients with a leading task
+axis into one update. The element-wise clip sits on the baseline path only, as in the public
+CAME-Grad code (which clips the scalarised gradient and hands CAME-Grad's update to AdamW
+unclipped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import optax
+
+import camegrad_jax
+
+__all__ = [
+    "MULTITASK_METHODS",
+    "MultitaskMethod",
+    "available_methods",
+    "build_multitask",
+    "build_optimizer",
+    "learning_rate_schedule",
+    "multitask_options",
+    "weight_decay_mask",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class MultitaskMethod:
+    """A registry entry.
+
+    Attributes:
+      factory: name of the public ``camegrad_jax`` factory (looked up when built, so entries
+        can name methods that a given version of the library does not export yet).
+      fixed: keyword arguments always passed (e.g. an ablation switch).
+      hyper: names of `TrainConfig` hyper-parameters (``c``, ``gamma``, ``alpha``) the method
+        takes; the trainer passes only these.
+      baseline: the scalarised baseline, whose combined gradient gets the baseline's
+        element-wise clip.
+    """
+
+    factory: str
+    fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    hyper: tuple[str, ...] = ()
+    baseline: bool = False
+
+    def resolve(self) -> Callable[..., optax.GradientTransformation] | None:
+        return getattr(camegrad_jax, self.factory, None)
+
+
+_CAMEGRAD_HYPER = ("c", "gamma", "alpha")
+
+MULTITASK_METHODS: dict[str, MultitaskMethod] = {
+    # Diagnostics on, so the baseline records the same gradient statistics as every method.
+    "linear": MultitaskMethod("linear_scalarization", {"diagnostics": True}, baseline=True),
+    "camegrad": MultitaskMethod("camegrad", hyper=_CAMEGRAD_HYPER),
+    "camegrad_no_s1": MultitaskMethod("camegrad", {"rectify": False}, _CAMEGRAD_HYPER),
+    "camegrad_no_s2": MultitaskMethod("camegrad", {"enhance": False}, _CAMEGRAD_HYPER),
+    "camegrad_no_s3": MultitaskMethod("camegrad", {"fuse": False}, _CAMEGRAD_HYPER),
+    "camegrad_setting_b": MultitaskMethod("camegrad", {"enhance": "noise"}, _CAMEGRAD_HYPER),
+    "cagrad": MultitaskMethod("cagrad", hyper=("c",)),
+    "pcgrad": MultitaskMethod("pcgrad"),
+    "mgda": MultitaskMethod("mgda"),
+    "imtl_g": MultitaskMethod("imtl_g"),
+    "nash_mtl": MultitaskMethod("nash_mtl"),
+    "aligned_mtl": MultitaskMethod("aligned_mtl"),
+    "upgrad": MultitaskMethod("upgrad"),
+    "uncertainty_weighting": MultitaskMethod("uncertainty_weighting"),
+    "gradnorm": MultitaskMethod("gradnorm"),
+    "famo": MultitaskMethod("famo"),
+    "dwa": MultitaskMethod("dwa"),
+    "rlw": MultitaskMethod("rlw"),
+    "mmpareto": MultitaskMethod("mmpareto"),
+}
+
+# Arguments the trainer supplies to the factories that accept them (by their signature).
+_CONTEXT_ARGUMENTS = ("seed", "epoch_length")
+
+
+def available_methods() -> tuple[str, ...]:
+    """Names of `MULTITASK_METHODS` whose factory this version of ``camegrad_jax`` exports."""
+    return tuple(name for name, method in MULTITASK_METHODS.items() if method.resolve())
+
+
+def _method(name: str) -> tuple[MultitaskMethod, Callable[..., optax.GradientTransformation]]:
+    method = MULTITASK_METHODS.get(name)
+    if method is None:
+        raise ValueError(
+            f"Unknown multi-task method {name!r}. Known methods: {', '.join(MULTITASK_METHODS)}."
+        )
+    factory = method.resolve()
+    if factory is None:
+        raise ValueError(
+            f"Multi-task method {name!r} needs `camegrad_jax.{method.factory}`, which this "
+            f"version of camegrad_jax does not export. Available: {', '.join(available_methods())}."
+        )
+    return method, factory
+
+
+def build_multitask(
+    name: str,
+    num_tasks: int = 2,
+    task_weights: Any = None,
+    shared_mask: Any = None,
+    **hyper: Any,
+) -> optax.GradientTransformationExtraArgs:
+    """The multi-task transformation registered as ``name``.
+
+    Args:
+      name: a key of `MULTITASK_METHODS`.
+      num_tasks: K.
+      task_weights: static weights λ, one per task.
+      shared_mask: the shared leaves (G and β come from them; the other leaves get the
+        linear-scalarization gradient).
+      **hyper: further keyword arguments of the factory (e.g. ``c``, ``gamma``, ``alpha``).
+
+    Returns:
+      The transformation; it must come first in a chain (its input has a task axis).
+
+    Raises:
+      ValueError: for an unknown name or a method this library version does not export.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from camegrad_jax.rrg.optim import build_multitask
+      >>> tx = build_multitask("linear", task_weights=[1.0, 4.0])
+      >>> grads = {"w": jnp.array([[1.0, 0.0], [0.0, 1.0]])}  # one row per task
+      >>> update, _ = tx.update(grads, tx.init({"w": jnp.zeros(2)}))
+      >>> update["w"]
+      Array([1., 4.], dtype=float32)
+    """
+    method, factory = _method(name)
+    return factory(
+        num_tasks=num_tasks,
+        task_weights=task_weights,
+        shared_mask=shared_mask,
+        **method.fixed,
+        **hyper,
+    )
+
+
+def multitask_options(
+    name: str, values: Mapping[str, Any], context: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The keyword arguments the trainer passes to ``build_multitask(name, ...)``.
+
+    Args:
+      name: a key of `MULTITASK_METHODS`.
+      values: configured hyper-parameters (``c``, ``gamma``, ``alpha``...); only those the
+        entry declares in ``hyper`` are kept.
+      context: run facts (``seed``, ``epoch_length``) passed to the factories whose signature
+        takes them.
+    """
+    method, factory = _method(name)
+    parameters = inspect.signature(factory).parameters
+    options = {key: values[key] for key in method.hyper}
+    options.update(
+        {key: context[key] for key in _CONTEXT_ARGUMENTS if key in context and key in parameters}
+    )
+    return options
+
+
+def learning_rate_schedule(
+    peak: float, total_steps: int, warmup_fraction: float, final_fraction: float
+) -> optax.Schedule:
+    """Linear warm-up from 0 over ``warmup_fraction`` of the steps, then cosine decay to
+    ``final_fraction × peak`` at ``total_steps``."""
+    warmup = int(round(warmup_fraction * total_steps))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=peak,
+        warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=final_fraction * peak,
+    )
+
+
+def weight_decay_mask(params: Any) -> Any:
+    """True for the parameters AdamW decays: matrices and conv kernels (``ndim >= 2``); not
+    biases, norm scales or other vectors, as the public CAME-Grad code groups them."""
+    return jax.tree.map(lambda leaf: leaf.ndim >= 2, params)
+
+
+def build_optimizer(
+    multitask: optax.GradientTransformation,
+    params: Any,
+    schedule: optax.Schedule,
+    *,
+    weight_decay: float,
+    clip: float | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """``chain(multitask, [clip], adamw(schedule, b1=0.9, b2=0.999, weight_decay, mask))``.
+
+    Args:
+      multitask: a transformation over stacked per-task gradients (first in the chain).
+      params: the parameters (for the weight-decay mask).
+      schedule: AdamW's learning rate.
+      weight_decay: decoupled weight decay, on matrices only (`weight_decay_mask`).
+      clip: element-wise clip of the combined gradient before AdamW, or None.
+    """
+    adamw = optax.adamw(
+        schedule, b1=0.9, b2=0.999, weight_decay=weight_decay, mask=weight_decay_mask(params)
+    )
+    members = [multitask] + ([optax.clip(clip)] if clip is not None else []) + [adamw]
+    return optax.chain(*members)

@@ -1,0 +1,521 @@
+"""Training and evaluation of the reference report-generation model with any multi-task method.
+
+Each step is :func:`camegrad_jax.rrg.experiment.make_train_step`: the stacked per-task gradients
+go through an optax chain whose first member is the multi-task method. Dropout keys are drawn
+from ``fold_in(key(seed), step)`` and batches ordered by ``(seed, epoch)``, so a run resumed
+from its latest checkpoint repeats exactly what the uninterrupted run would have done. After
+each epoch (every ``eval_every``) the model is evaluated on val, the best one by example-based
+CE F1 is kept, and at the end the best checkpoint is evaluated on test.
+
+Example (the default run: a few minutes on two CPU cores):
+  >>> from camegrad_jax.rrg.config import TrainConfig
+  >>> from camegrad_jax.rrg.train import train
+  >>> results = train(TrainConfig(save_dir="runs/rrg"))  # doctest: +SKIP
+  >>> results["test"]["ce_example_f1"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import resource
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from camegrad_jax.rrg import checkpoint as ckpt
+from camegrad_jax.rrg.config import TASK_NAMES, TrainConfig
+from camegrad_jax.rrg.diagnostics import StepLog, summarize_step_log
+from camegrad_jax.rrg.evaluation import SELECTION_METRIC, evaluate_split
+from camegrad_jax.rrg.experiment import Setup, build_setup, make_train_step
+from camegrad_jax.rrg.model import RRGModel
+from camegrad_jax.rrg.optim import MULTITASK_METHODS
+from camegrad_jax.rrg.tokenizer import Tokenizer
+
+__all__ = [
+    "RESULTS_FILE",
+    "STEP_LOG_FILE",
+    "TEST_REPORTS_FILE",
+    "RestoredRun",
+    "evaluate_run",
+    "json_ready",
+    "restore_run",
+    "train",
+]
+
+RESULTS_FILE = "results.json"
+STEP_LOG_FILE = "steps.npz"
+TEST_REPORTS_FILE = "test_reports.json"
+_RESULTS_FORMAT = "camegrad-rrg-results/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredRun:
+    """A run restored from its directory: setup, checkpointed arrays and meta.
+
+    ``opt_state`` and ``step_log`` are None for a ``best`` checkpoint (only parameters are
+    kept there).
+    """
+
+    setup: Setup
+    params: nnx.State
+    rest: nnx.State
+    opt_state: Any
+    meta: dict[str, Any]
+    step_log: StepLog | None
+
+    def model(self) -> RRGModel:
+        return self.setup.model(self.params, self.rest)
+
+
+def _checkpoint_target(
+    setup: Setup, kind: ckpt.CheckpointKind, meta: Mapping[str, Any]
+) -> dict[str, Any]:
+    target = {"params": setup.params, "rest": setup.rest}
+    if kind == ckpt.LATEST:
+        target["opt_state"] = jax.eval_shape(setup.tx.init, setup.params)
+        target["step"] = jax.ShapeDtypeStruct((), jnp.int32)
+        target["step_log"] = StepLog.abstract_arrays(meta["step_log_layout"], meta["step"])
+    return target
+
+
+def restore_run(
+    save_dir: str | Path,
+    kind: ckpt.CheckpointKind = ckpt.LATEST,
+    *,
+    config_changes: Mapping[str, Any] | None = None,
+) -> RestoredRun:
+    """Rebuild the run in ``save_dir`` (its config, tokenizer and image normalisation) and
+    restore its ``kind`` checkpoint.
+
+    Args:
+      save_dir: the run directory.
+      kind: ``"latest"`` (parameters and optimizer state) or ``"best"`` (parameters).
+      config_changes: fields to change in the stored config that do not change the arrays'
+        structure, e.g. ``ann_path``/``image_dir`` when the data moved (``save_dir`` is set to
+        the given one).
+    """
+    meta = ckpt.read_checkpoint_meta(save_dir, kind)
+    changes = {"save_dir": str(save_dir), **(config_changes or {})}
+    config = TrainConfig.from_dict(meta["config"]).replace(**changes)
+    setup = build_setup(
+        config,
+        tokenizer=Tokenizer.load(ckpt.tokenizer_path(save_dir)),
+        image_mean=meta["image_mean"],
+        image_std=meta["image_std"],
+    )
+    target = _checkpoint_target(setup, kind, meta)
+    state, meta = ckpt.restore_checkpoint(save_dir, kind, target)
+    return RestoredRun(
+        setup,
+        state["params"],
+        state["rest"],
+        state.get("opt_state"),
+        meta,
+        StepLog(jax.device_get(state["step_log"])) if "step_log" in state else None,
+    )
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers and non-finite floats as None."""
+    if isinstance(value, Mapping):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, (np.generic, np.ndarray)):
+        return json_ready(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux and in bytes on macOS.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _config_differences(a: TrainConfig, b: TrainConfig) -> list[str]:
+    left, right = a.to_dict(), b.to_dict()
+    return [name for name in left if name != "save_dir" and left[name] != right[name]]
+
+
+class _Trainer:
+    """The state of one call of :func:`train` (a class only to share it between steps)."""
+
+    def __init__(self, config: TrainConfig, *, resume: bool, progress: bool):
+        self.started = time.perf_counter()
+        self.save_dir = Path(config.save_dir)
+        self.progress = progress
+        self.step = 0
+        self.epochs_done = 0
+        self.history: list[dict[str, Any]] = []
+        self.step_log = StepLog()
+        self.best: dict[str, Any] | None = None
+        self.previous_elapsed = 0.0
+        if resume:
+            self._resume(config)
+        else:
+            if ckpt.has_checkpoint(self.save_dir, ckpt.LATEST):
+                raise FileExistsError(
+                    f"{self.save_dir} already holds a run: resume it (`resume=True`, "
+                    "`--resume`) or choose another save directory."
+                )
+            self.setup = build_setup(config)
+            # Copies: the train step donates its parameters, and `setup.params` stay usable.
+            self.params = jax.tree.map(jnp.copy, self.setup.params)
+            self.rest = self.setup.rest
+            self.opt_state = self.setup.init_opt_state(self.params)
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+            self.setup.dataset.tokenizer.save(ckpt.tokenizer_path(self.save_dir))
+            (self.save_dir / "config.json").write_text(
+                json.dumps(config.to_dict(), indent=1), encoding="utf-8"
+            )
+        self.config = self.setup.config
+        self.step_fn = make_train_step(
+            self.setup.graphdef, self.setup.tx, self.setup.schedule, self.config.seed
+        )
+
+    def _resume(self, config: TrainConfig) -> None:
+        meta = ckpt.read_checkpoint_meta(self.save_dir, ckpt.LATEST)
+        saved = TrainConfig.from_dict(meta["config"])
+        differences = _config_differences(saved, config)
+        if differences:
+            raise ValueError(
+                f"A resumed run keeps its saved config; these fields differ from it: "
+                f"{', '.join(differences)}."
+            )
+        restored = restore_run(self.save_dir, ckpt.LATEST)
+        self.setup = restored.setup
+        self.params, self.rest, self.opt_state = restored.params, restored.rest, restored.opt_state
+        meta = restored.meta
+        self.step = meta["step"]
+        self.epochs_done = meta["epochs_done"]
+        self.history = meta["history"]
+        self.step_log = restored.step_log
+        self.best = meta["best"]
+        self.previous_elapsed = meta["elapsed_seconds"]
+
+    def elapsed(self) -> float:
+        return self.previous_elapsed + time.perf_counter() - self.started
+
+    def meta(self) -> dict[str, Any]:
+        dataset = self.setup.dataset
+        return json_ready(
+            {
+                "config": self.config.to_dict(),
+                "step": self.step,
+                "epochs_done": self.epochs_done,
+                "history": self.history,
+                "step_log_layout": self.step_log.layout(),
+                "best": self.best,
+                "image_mean": dataset.image_mean,
+                "image_std": dataset.image_std,
+                "elapsed_seconds": self.elapsed(),
+            }
+        )
+
+    def run_epoch(self, epoch: int, bar: tqdm) -> None:
+        config = self.config
+        pending: list[dict[str, jax.Array]] = []
+        first = len(self.step_log)
+
+        def flush() -> None:
+            records = jax.device_get(pending)
+            start = self.step - len(records)
+            for offset, record in enumerate(records):
+                record.update(step=np.int32(start + offset + 1), epoch=np.int32(epoch + 1))
+            self.step_log.extend(records)
+            bar.update(len(records))
+            last = records[-1]
+            bar.set_postfix(
+                epoch=epoch + 1,
+                **{f"L_{task}": f"{float(last[f'loss_{task}']):.3f}" for task in TASK_NAMES},
+            )
+            pending.clear()
+
+        batches = self.setup.dataset.iterate_batches(
+            "train", config.batch_size, seed=config.seed, epoch=epoch, shuffle=True, drop_last=True
+        )
+        for batch in batches:
+            self.params, self.opt_state, diagnostics = self.step_fn(
+                self.params, self.opt_state, self.rest, batch, jnp.int32(self.step)
+            )
+            pending.append(diagnostics)
+            self.step += 1
+            if len(pending) == config.log_every:
+                flush()
+        if pending:
+            flush()
+        columns = self.step_log.arrays()
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": self.step}
+        for task in TASK_NAMES:
+            record[f"train_loss_{task}"] = float(columns[f"loss_{task}"][first:].mean())
+        record["learning_rate"] = float(columns["learning_rate"][-1])
+        self.history.append(record)
+
+    def evaluate(self, params: nnx.State, split: str, meteor: bool) -> tuple[dict, list[str]]:
+        config = self.config
+        return evaluate_split(
+            self.setup.model(params, self.rest),
+            self.setup.dataset,
+            split,
+            beam_size=config.beam_size,
+            batch_size=config.eval_batch_size,
+            meteor=meteor,
+        )
+
+    def validate(self, epoch: int) -> None:
+        started = time.perf_counter()
+        metrics, _ = self.evaluate(self.params, "val", self.config.meteor_val)
+        metrics = json_ready(metrics)
+        record = self.history[-1]
+        record["val"] = metrics
+        record["val_seconds"] = time.perf_counter() - started
+        value = metrics[SELECTION_METRIC]
+        # `>=` as the public CAME-Grad trainer: on a tie the later epoch is kept.
+        if self.best is None or value >= self.best["value"]:
+            self.best = {"epoch": epoch + 1, "step": self.step, "value": value}
+            ckpt.save_checkpoint(
+                self.save_dir,
+                ckpt.BEST,
+                self.step,
+                {"params": self.params, "rest": self.rest},
+                self.meta(),
+            )
+        if self.progress:
+            tqdm.write(
+                f"epoch {epoch + 1}: L_lm {record['train_loss_lm']:.4f}  "
+                f"L_cls {record['train_loss_cls']:.4f}  val {SELECTION_METRIC} {value:.4f}  "
+                f"BLEU_4 {metrics['BLEU_4']:.4f}"
+            )
+
+    def save_latest(self) -> None:
+        state = {
+            "params": self.params,
+            "rest": self.rest,
+            "opt_state": self.opt_state,
+            "step": jnp.int32(self.step),
+            "step_log": self.step_log.arrays(),
+        }
+        ckpt.save_checkpoint(self.save_dir, ckpt.LATEST, self.step, state, self.meta())
+
+    def test(self) -> tuple[dict[str, Any], list[str]]:
+        target = _checkpoint_target(self.setup, ckpt.BEST, {})
+        state, _ = ckpt.restore_checkpoint(self.save_dir, ckpt.BEST, target)
+        metrics, generated = self.evaluate(state["params"], "test", self.config.meteor_test)
+        return json_ready(metrics), generated
+
+    def results(self, test: dict[str, Any] | None) -> dict[str, Any]:
+        config, setup, dataset = self.config, self.setup, self.setup.dataset
+        num_params = sum(leaf.size for leaf in jax.tree.leaves(setup.params))
+        shared = sum(
+            leaf.size
+            for leaf, is_shared in zip(
+                jax.tree.leaves(setup.params), jax.tree.leaves(setup.shared_mask), strict=True
+            )
+            if is_shared
+        )
+        notes = [
+            "References are the R2Gen-cleaned reference reports; CE labels both sides with the "
+            "rule-based labeler; best checkpoint by val ce_example_f1 (ties: later epoch).",
+            "Gradient statistics (cosine, norms, collapse ratio) are on the shared parameters "
+            "(the visual encoder).",
+        ]
+        if not config.meteor_val:
+            notes.append("METEOR not computed on val (meteor_val=False): val METEOR is null.")
+        if test is not None and test.get("METEOR") is None:
+            notes.append(f"Test METEOR is null: {test.get('METEOR_note')}")
+        return json_ready(
+            {
+                "format": _RESULTS_FORMAT,
+                "status": "complete" if self.epochs_done == config.epochs else "stopped",
+                "config": config.to_dict(),
+                "data": {
+                    "source": "synthetic" if config.uses_synthetic_data else "annotation",
+                    "dataset_name": dataset.dataset_name,
+                    "split_sizes": {name: len(split) for name, split in dataset.splits.items()},
+                    "vocab_size": dataset.tokenizer.vocab_size,
+                    "max_len": dataset.max_len,
+                    "num_views": dataset.num_views,
+                    "image_size": dataset.image_size,
+                },
+                "model": {"num_params": num_params, "num_shared_params": shared},
+                "optimizer": {
+                    "name": config.optimizer,
+                    "factory": MULTITASK_METHODS[config.optimizer].factory,
+                    "options": dict(setup.multitask_options),
+                    "task_weights": list(config.task_weights),
+                    "baseline_clip": (
+                        config.baseline_clip
+                        if MULTITASK_METHODS[config.optimizer].baseline
+                        else None
+                    ),
+                    "steps_per_epoch": setup.steps_per_epoch,
+                    "total_steps": setup.total_steps,
+                },
+                "epochs": self.history,
+                "selection": {"metric": SELECTION_METRIC, "split": "val", **(self.best or {})},
+                "test": test,
+                "diagnostics": summarize_step_log(self.step_log),
+                "notes": notes,
+                "timing": {
+                    "wall_seconds": self.elapsed(),
+                    "peak_rss_mb": _peak_rss_mb(),
+                },
+                "files": {"step_log": STEP_LOG_FILE, "test_reports": TEST_REPORTS_FILE},
+            }
+        )
+
+    def write_results(self, test: dict[str, Any] | None, generated: list[str] | None) -> dict:
+        results = self.results(test)
+        self.step_log.save_npz(str(self.save_dir / STEP_LOG_FILE))
+        if generated is not None:
+            data = self.setup.dataset.splits["test"]
+            reports = [
+                {
+                    "id": study,
+                    "generated": text,
+                    "reference": self.setup.dataset.tokenizer.clean(ref),
+                }
+                for study, text, ref in zip(data.ids, generated, data.reports, strict=True)
+            ]
+            (self.save_dir / TEST_REPORTS_FILE).write_text(
+                json.dumps(reports, indent=1), encoding="utf-8"
+            )
+        (self.save_dir / RESULTS_FILE).write_text(json.dumps(results, indent=1), encoding="utf-8")
+        return results
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after_epoch: int | None = None,
+) -> dict[str, Any]:
+    """Train, validate every ``eval_every`` epochs, test the best checkpoint, write results.
+
+    Args:
+      config: the run; ``config.save_dir`` receives checkpoints, tokenizer, ``results.json``,
+        ``steps.npz`` (per-step diagnostics) and ``test_reports.json``.
+      resume: continue the run saved in ``config.save_dir`` from its latest checkpoint;
+        ``config`` must equal the saved one (``save_dir`` aside). The continuation is exact:
+        same batches, dropout masks and optimizer state as without the interruption.
+      progress: show a progress bar over the steps and a line per evaluated epoch.
+      stop_after_epoch: stop once this many epochs are done (resume later); the results then
+        have ``"status": "stopped"`` and no test metrics.
+
+    Returns:
+      The results, also written to ``save_dir/results.json`` (non-finite numbers as null):
+
+      * ``format`` (``"camegrad-rrg-results/1"``), ``status`` (``"complete"``/``"stopped"``);
+      * ``config``: the `TrainConfig` as a dict;
+      * ``data``: ``source`` (``"synthetic"``/``"annotation"``), ``dataset_name``,
+        ``split_sizes``, ``vocab_size``, ``max_len``, ``num_views``, ``image_size``;
+      * ``model``: ``num_params``, ``num_shared_params`` (the visual encoder);
+      * ``optimizer``: ``name``, ``factory``, ``options`` (its keyword arguments),
+        ``task_weights``, ``baseline_clip`` (null unless "linear"), ``steps_per_epoch``,
+        ``total_steps``;
+      * ``epochs``: one record per epoch: ``epoch``, ``step``, ``train_loss_lm``,
+        ``train_loss_cls`` (means over the epoch's steps), ``learning_rate`` (last step's),
+        and where validated ``val`` (the metrics below) and ``val_seconds``;
+      * ``selection``: ``metric`` (``"ce_example_f1"``), ``split`` (``"val"``), and the best
+        ``epoch``, ``step``, ``value``;
+      * ``test``: metrics of the best checkpoint on test (null when stopped): ``BLEU_1``..
+        ``BLEU_4``, ``METEOR`` (null when skipped, with ``METEOR_note``), ``ROUGE_L``,
+        ``ce_example_{precision,recall,f1,avg}``, ``ce_label_macro_{precision,recall,f1,avg}``,
+        ``aux_{auc_macro,auc_micro,auc_macro_num_labels}``,
+        ``aux_{precision,recall,f1}_{macro,micro}``, ``num_reports``, ``mean_generated_words``;
+      * ``diagnostics``: ``num_steps`` and, per field of the per-step log (see
+        :mod:`camegrad_jax.rrg.diagnostics`) and for ``update_to_joint_norm``, its ``mean``,
+        ``std``, ``min``, ``max``, ``q05``, ``q25``, ``q50``, ``q75``, ``q95`` (lists for
+        per-task fields); ``conflict.mean`` is the share of steps in conflict;
+      * ``notes``: how the metrics were computed (references, labeler, METEOR);
+      * ``timing``: ``wall_seconds`` (across resumes), ``peak_rss_mb`` (this process);
+      * ``files``: ``step_log`` (``steps.npz``, one array per per-step field) and
+        ``test_reports`` (``test_reports.json``: id, generated and reference report).
+    """
+    trainer = _Trainer(config, resume=resume, progress=progress)
+    config = trainer.config
+    stop = config.epochs if stop_after_epoch is None else min(stop_after_epoch, config.epochs)
+    with tqdm(
+        total=trainer.setup.total_steps,
+        initial=trainer.step,
+        desc=config.optimizer,
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    ) as bar:
+        for epoch in range(trainer.epochs_done, stop):
+            trainer.run_epoch(epoch, bar)
+            trainer.epochs_done = epoch + 1
+            if trainer.epochs_done % config.eval_every == 0 or trainer.epochs_done == config.epochs:
+                trainer.validate(epoch)
+            trainer.save_latest()
+    if trainer.epochs_done < config.epochs:
+        return trainer.write_results(None, None)
+    test, generated = trainer.test()
+    return trainer.write_results(test, generated)
+
+
+def evaluate_run(
+    save_dir: str | Path,
+    *,
+    split: str = "test",
+    kind: ckpt.CheckpointKind = ckpt.BEST,
+    beam_size: int | None = None,
+    meteor: bool | None = None,
+    ann_path: str | None = None,
+    image_dir: str | None = None,
+) -> dict[str, Any]:
+    """Metrics of a run's checkpoint on ``split``.
+
+    Args:
+      save_dir: the run directory.
+      split: ``"test"`` or ``"val"``.
+      kind: ``"best"`` or ``"latest"``.
+      beam_size: default the run's.
+      meteor: default the run's setting for the split (``meteor_test`` / ``meteor_val``).
+      ann_path, image_dir: where the run's annotation data now lives, if it moved.
+
+    Returns:
+      ``{"save_dir", "checkpoint", "epoch", "step", "split", "beam_size", "metrics"}``;
+      with the run's defaults, ``metrics`` equals ``results.json``'s ``test``.
+    """
+    if split not in ("val", "test"):
+        raise ValueError(f"`split` should be 'val' or 'test'. Found `split = {split!r}`.")
+    changes = {} if ann_path is None else {"ann_path": str(ann_path), "image_dir": image_dir}
+    restored = restore_run(save_dir, kind, config_changes=changes)
+    config = restored.setup.config
+    beam_size = config.beam_size if beam_size is None else beam_size
+    if meteor is None:
+        meteor = config.meteor_test if split == "test" else config.meteor_val
+    metrics, _ = evaluate_split(
+        restored.model(),
+        restored.setup.dataset,
+        split,
+        beam_size=beam_size,
+        batch_size=config.eval_batch_size,
+        meteor=meteor,
+    )
+    return json_ready(
+        {
+            "save_dir": str(save_dir),
+            "checkpoint": kind,
+            "epoch": restored.meta["epochs_done"],
+            "step": restored.meta["step"],
+            "split": split,
+            "beam_size": beam_size,
+            "metrics": metrics,
+        }
+    )

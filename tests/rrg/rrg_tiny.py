@@ -1,0 +1,68 @@
+"""A tiny training configuration shared by the trainer and CLI tests, and a compilation cache.
+
+Compiling the train step dominates these tests on a CPU. Every tiny run has the same shapes, so
+with JAX's persistent compilation cache the step compiles once per optimizer and is loaded from
+disk by every later run in this session (and in later sessions): a fresh `jax.jit` closure with
+the same program hits the on-disk cache, never the in-memory one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import jax
+from jax._src import compilation_cache
+
+from camegrad_jax.rrg.config import TrainConfig
+
+# 64 training studies in batches of 8 (8 steps an epoch), 16x16 images, one layer each way.
+TINY_FIELDS = {
+    "synthetic_train_size": 64,
+    "synthetic_val_size": 16,
+    "synthetic_test_size": 16,
+    "image_size": 16,
+    "max_len": 30,
+    "conv_features": (8, 16),
+    "norm_groups": 4,
+    "d_model": 32,
+    "num_heads": 2,
+    "d_ff": 64,
+    "num_encoder_layers": 1,
+    "num_decoder_layers": 1,
+    "epochs": 2,
+    "batch_size": 8,
+    "learning_rate": 3e-3,
+    "eval_batch_size": 16,
+    "meteor_test": False,
+    "log_every": 3,
+}
+
+# The same run as `train` flags (the synthetic sizes are set when writing the layout).
+TINY_FLAGS = [
+    *("--image-size", "16", "--max-len", "30", "--conv-features", "8,16", "--norm-groups", "4"),
+    *("--d-model", "32", "--num-heads", "2", "--d-ff", "64"),
+    *("--num-encoder-layers", "1", "--num-decoder-layers", "1"),
+    *("--epochs", "2", "--batch-size", "8", "--lr", "3e-3", "--eval-batch-size", "16"),
+    *("--no-meteor-test", "--log-every", "3", "--no-progress"),
+]
+
+
+def tiny_config(save_dir: Path | str, **changes) -> TrainConfig:
+    return TrainConfig(save_dir=str(save_dir), **{**TINY_FIELDS, **changes})
+
+
+@contextlib.contextmanager
+def compilation_cache_enabled() -> Iterator[None]:
+    """JAX's persistent compilation cache in a fixed temporary folder, for the block."""
+    folder = Path(tempfile.gettempdir()) / "camegrad-jax-test-compilation-cache"
+    previous = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    compilation_cache.reset_cache()  # The cache may have been checked (and off) already.
+    try:
+        yield
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
+        compilation_cache.reset_cache()

@@ -1,0 +1,114 @@
+"""Tests of the ``camegrad-rrg`` command line (`camegrad_jax.rrg.cli`), called in-process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rrg_tiny import TINY_FLAGS, compilation_cache_enabled
+
+from camegrad_jax.rrg.cli import COMMANDS, main
+from camegrad_jax.rrg.data import load_dataset
+from camegrad_jax.rrg.optim import available_methods
+from camegrad_jax.rrg.synthetic import SyntheticConfig, generate_synthetic
+from camegrad_jax.rrg.train import RESULTS_FILE
+
+LAYOUT = SyntheticConfig(num_train=64, num_val=16, num_test=16, image_size=16)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache():
+    with compilation_cache_enabled():
+        yield
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("layout")
+    args = ["--num-train", "64", "--num-val", "16", "--num-test", "16", "--image-size", "16"]
+    assert main(["make-synthetic", str(out), *args]) == 0
+    return out / "annotation.json"
+
+
+@pytest.fixture(scope="module")
+def cli_run(layout, tmp_path_factory) -> Path:
+    save_dir = tmp_path_factory.mktemp("cli_run")
+    argv = ["train", "--ann-path", str(layout), "--dataset-name", "iu_xray"]
+    assert main([*argv, *TINY_FLAGS, "--save-dir", str(save_dir)]) == 0
+    return save_dir
+
+
+@pytest.mark.parametrize("command", [None, *(c.name for c in COMMANDS)])
+def test_help(command, capsys):
+    argv = ["--help"] if command is None else [command, "--help"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    usage = capsys.readouterr().out
+    assert usage.startswith(f"usage: camegrad-rrg{'' if command is None else ' ' + command}")
+    if command == "train":
+        for flag in ("--ann-path", "--optimizer", "--c", "--gamma", "--alpha", "--resume"):
+            assert flag in usage
+        assert ",".join(available_methods()) in usage
+
+
+def test_module_entry_point():
+    done = subprocess.run(
+        [sys.executable, "-m", "camegrad_jax.rrg.cli", "make-synthetic", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "annotation.json" in done.stdout
+
+
+def test_make_synthetic_writes_a_layout_the_loader_reads(layout):
+    dataset = load_dataset(layout, dataset_name="iu_xray", image_size=16)
+    generated = generate_synthetic(LAYOUT)
+    for split in ("train", "val", "test"):
+        assert dataset.splits[split].reports == generated[split].reports
+        np.testing.assert_array_equal(dataset.splits[split].labels, generated[split].labels)
+    assert dataset.splits["train"].images.shape == (64, 2, 16, 16)
+
+
+def test_train_on_the_written_layout_then_evaluate(cli_run, layout, capsys, tmp_path):
+    results = json.loads((cli_run / RESULTS_FILE).read_text())
+    assert results["status"] == "complete"
+    assert results["data"]["source"] == "annotation"
+    assert results["config"]["ann_path"] == str(layout)
+    assert results["optimizer"]["name"] == "camegrad"
+    capsys.readouterr()
+    output = tmp_path / "metrics.json"
+    assert main(["evaluate", str(cli_run), "--output", str(output)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(output.read_text())
+    assert printed["metrics"] == results["test"]
+
+
+def test_user_errors_exit_with_a_message(cli_run, tmp_path, capsys):
+    cases = [
+        (["train", "--resume", "--save-dir", str(cli_run), "--epochs", "5"], "differ from it: "),
+        (["train", "--save-dir", str(cli_run), *TINY_FLAGS], "already holds a run"),
+        (["train", "--resume", "--save-dir", str(tmp_path / "none")], "No latest checkpoint"),
+        (["evaluate", str(tmp_path / "none")], "No best checkpoint"),
+        (["train", "--epochs", "0", "--save-dir", str(tmp_path / "x")], "`epochs` should be"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2, argv
+        assert f"camegrad-rrg {argv[0]}: error: " in (err := capsys.readouterr().err), argv
+        assert message in err, (argv, err)
+
+
+def test_bad_flags_are_rejected(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--optimizer", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--method-option", "no_equals_sign"])
+    assert "expected KEY=VALUE" in capsys.readouterr().err
