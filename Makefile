@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench
+.PHONY: demo test test-slow lint bench bench-env
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,4 +24,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check camegrad_jax tests examples benchmarks
 
 bench: $(STAMP)
-	$(PY) benchmarks/transform_bench.py
+	$(PY) benchmarks/run_benchmarks.py --cvxpy --json benchmarks/results-cpu.json
+
+# The optional PyTorch side of the benchmark (torchjd's CAGrad), in a separate environment.
+bench-env:
+	test -x .venv-torch/bin/python || python3 -m venv .venv-torch
+	.venv-torch/bin/python -m pip install -q torch==2.13.0 'torchjd[cagrad]==0.18.0' numpy

@@ -1,6 +1,6 @@
 """torchjd's CAGrad aggregation timed against torchjd's own plain sum over tasks (PyTorch, CPU).
 
-Run by `transform_bench.py --sections torchjd` with an interpreter that has torch and torchjd
+Run by `run_benchmarks.py --sections torchjd` with an interpreter that has torch and torchjd
 (installed only for this benchmark: `make bench-env`); prints one JSON list. Each library is
 compared with its own plain sum, so the two ratios can be set side by side.
 """

@@ -245,7 +245,9 @@ def camegrad(
       gamma: Stage 2 gain, ≥ 0 (paper: 1.0–2.0; ``kappa``).
       alpha: Stage 3 fusion coefficient in [0, 1] (paper: 0.1–0.9; ``nu``).
       task_weights: static positive weights λ, one per task (default all ones).
-      num_tasks: K; needed to size the state unless ``task_weights`` gives it.
+      num_tasks: K; needed to size the state unless ``task_weights`` gives it. Under
+        ``optax.inject_hyperparams``, name it in ``static_args`` (or pass ``task_weights`` as a
+        list), since a traced integer cannot size the state of a jitted ``init``.
       rectify: Stage 1 on (False: d = g0).
       enhance: Stage 2 on (False: g̃ = d; ``"noise"``: Setting B).
       fuse: Stage 3 on (False: g = g̃).

@@ -68,6 +68,8 @@ def project_onto_dual_cone(
     lipschitz = jnp.maximum(jnp.linalg.eigvalsh(gram_n)[-1], jnp.finfo(dtype).tiny)
     tol = 16 * jnp.finfo(dtype).eps
 
+    # The exact solve is tried first (at μ = 0: maybe nothing conflicts) and then every few
+    # iterations; it ends the loop once it holds. One copy of it is compiled.
     def keep_going(carry):
         _, _, _, iteration, error, valid, _ = carry
         return (iteration < maxiter) & (error > tol) & ~valid
@@ -75,27 +77,27 @@ def project_onto_dual_cone(
     def step(carry):
         mu, extrapolated, momentum, iteration, _, _, _ = carry
         new = jnp.maximum(extrapolated - (gram_n @ extrapolated + linear) / lipschitz, 0.0)
+        new = jnp.where(iteration == 0, mu, new)  # iteration 0: only the exact solve at μ = 0
         next_momentum = 0.5 * (1 + jnp.sqrt(1 + 4 * momentum**2))
         extrapolated = new + ((momentum - 1) / next_momentum) * (new - mu)
         error = lipschitz * jnp.linalg.norm(new - mu)
-        # Try the exact solve every few iterations; it ends the loop once it holds.
+        error = jnp.where(iteration == 0, jnp.inf, error)
         valid, exact = lax.cond(
-            iteration % 8 == 7,
+            iteration % 8 == 0,
             lambda: _support_solve(new, gram_n, linear),
             lambda: (jnp.asarray(False), new),
         )
         return new, extrapolated, next_momentum, iteration + 1, error, valid, exact
 
     zeros = jnp.zeros_like(coefficients)
-    valid, exact = _support_solve(zeros, gram_n, linear)
     start = (
         zeros,
         zeros,
         jnp.asarray(1.0, dtype),
         jnp.asarray(0),
         jnp.asarray(jnp.inf, dtype),
-        valid,
-        exact,
+        jnp.asarray(False),
+        zeros,
     )
     mu, _, _, _, _, valid, exact = lax.while_loop(keep_going, step, start)
     return coefficients + jnp.where(valid, exact, mu)

@@ -377,20 +377,30 @@ def solve_dual(
 
         # Iterate in rounds and try the exact polish after each: once the iterates sit on the
         # optimal support the polish certifies the optimum, usually long before the iterative
-        # residual reaches `tol`. A warm start on last step's support often needs no round.
+        # residual reaches `tol`. The first round takes no step, so a warm start on the last
+        # step's support often needs no iteration at all (and the polish is compiled once).
         def another_round(carry):
-            _, state, iterations, valid, _, _ = carry
-            return ~valid & (iteration.error(state) > tol) & (iterations < maxiter)
+            _, state, iterations, valid, _, _, started = carry
+            more = (iteration.error(state) > tol) & (iterations < maxiter)
+            return ~valid & (~started | more)
 
         def round_(carry):
-            weights, state, iterations, _, _, _ = carry
-            budget = jnp.minimum(_ROUND, maxiter - iterations)
+            weights, state, iterations, _, _, _, started = carry
+            budget = jnp.where(started, jnp.minimum(_ROUND, maxiter - iterations), 0)
             weights, state, iterations = run_steps(weights, state, iterations, budget)
-            return (weights, state, iterations, *_polish(weights, gram, radius, centre))
+            return (weights, state, iterations, *_polish(weights, gram, radius, centre), True)
 
-        start = (init, iteration.init(init), jnp.asarray(0, jnp.int32))
-        weights, state, iterations, valid, exact_weights, exact_direction = lax.while_loop(
-            another_round, round_, (*start, *_polish(init, gram, radius, centre))
+        start = (
+            init,
+            iteration.init(init),
+            jnp.asarray(0, jnp.int32),
+            jnp.asarray(False),
+            init,
+            _centre(gram, centre),
+            jnp.asarray(False),
+        )
+        weights, state, iterations, valid, exact_weights, exact_direction, _ = lax.while_loop(
+            another_round, round_, start
         )
         weights = jnp.where(valid, exact_weights, weights)
         direction = jnp.where(

@@ -133,9 +133,10 @@ def resolve_mask(mask: MaskOrFn, task_updates: PyTree, params: PyTree | None) ->
     if callable(mask):
         mask = mask(params if params is not None else task_updates)
     try:
-        # None marks an absent leaf (as in optax.masked); the mask keeps its flag for no leaf.
+        # An absent leaf (None, as in optax.masked, possibly inside a wrapper such as an NNX
+        # Variable) keeps no flag.
         flags = jax.tree.map(
-            lambda m, update: None if update is None else bool(m),
+            lambda m, update: bool(m) if jax.tree.leaves(update) else None,
             mask,
             task_updates,
             is_leaf=lambda x: x is None,
