@@ -115,6 +115,23 @@ def main() -> None:
         ),
         "output_sharding_kept": str(out["w1"].sharding.spec),
     }
+    # Four tasks on a leaf long enough that one device would walk it chunk by chunk: sharded, the
+    # fused reduction must be used instead (a chunk walk along the sharded axis would gather it).
+    many = cg.camegrad(0.5, 1.5, 0.2, num_tasks=4)
+    big = jax.random.normal(keys[0], (4, 512, 256))
+    big_params = {"w": big[0]}
+    big_stacked = {"w": jax.device_put(big, NamedSharding(mesh, P(None, "d")))}
+    big_update = jax.jit(many.update)
+    big_state = many.init(big_params)
+    hlo = big_update.lower(big_stacked, big_state).compile().as_text()
+    out, _ = big_update(big_stacked, big_state)
+    single, _ = jax.jit(many.update)({"w": jax.device_get(big_stacked["w"])}, big_state)
+    results["fsdp_transform_four_tasks"] = {
+        "has_all_reduce": "all-reduce" in hlo,
+        "all_gathers": sum("all-gather" in line and "=" in line for line in hlo.splitlines()),
+        "max_error": float(np.max(np.abs(np.asarray(out["w"]) - np.asarray(single["w"])))),
+        "output_sharding_kept": str(out["w"].sharding.spec),
+    }
     print(json.dumps(results))
 
 

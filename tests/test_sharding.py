@@ -36,11 +36,15 @@ def test_data_parallel_gathers_nothing(results):
     assert results["data_parallel"]["all_gathers"] == 0
 
 
-def test_gram_is_reduced_across_shards_not_gathered(results):
-    result = results["fsdp_transform_only"]
+@pytest.mark.parametrize("case", ["fsdp_transform_only", "fsdp_transform_four_tasks"])
+def test_gram_is_reduced_across_shards_not_gathered(results, case):
+    result = results[case]
     assert result["has_all_reduce"]
     assert result["all_gathers"] == 0
     assert result["max_error"] < 1e-5
     # The update keeps the parameters' sharding (no replication of the result either).
     assert "'d'" in result["output_sharding_kept"]
+
+
+def test_fsdp_step_keeps_parameter_sharding(results):
     assert "'d'" in results["fsdp"]["output_sharding_kept"]

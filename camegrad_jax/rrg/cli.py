@@ -1,11 +1,13 @@
 """``camegrad-rrg``: train, evaluate and make data for the reference report-generation setup.
 
-    camegrad-rrg train [--optimizer camegrad] [--epochs 8] [--save-dir runs/rrg] ...
+    camegrad-rrg train [--optimizer camegrad] [--epochs 12] [--save-dir runs/rrg] ...
     camegrad-rrg train --ann-path data/iu_xray/annotation.json --image-dir data/iu_xray/images \\
         --dataset-name iu_xray --optimizer linear --save-dir runs/iu_linear
     camegrad-rrg train --resume --save-dir runs/rrg
     camegrad-rrg evaluate runs/rrg [--split test] [--checkpoint best]
     camegrad-rrg make-synthetic data/synthetic [--num-train 1000]
+    camegrad-rrg compare --quick --out runs/demo          # linear vs CAME-Grad, the demo
+    camegrad-rrg compare --methods all --seeds 0,1,2 [--sweep] --out runs/compare
 
 Without ``--ann-path``, ``train`` uses the embedded synthetic data set. Each subcommand is one
 ``_Command`` (a parser builder and a runner) in ``COMMANDS``; adding a subcommand is one more.
@@ -141,7 +143,17 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="JAX persistent compilation cache: later runs of the same shapes start faster",
     )
+    _add_config_flags(parser, defaults)
+
+
+def _add_config_flags(
+    parser: argparse.ArgumentParser, defaults: Any, exclude: Sequence[str] = ()
+) -> None:
+    """One flag per `TrainConfig` field (but ``exclude``); a flag not given leaves no attribute,
+    so only the fields a user set reach the config (see `_given_config_fields`)."""
     for flag, field, keywords, text in _train_flags():
+        if field in exclude:
+            continue
         default = getattr(defaults, field)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         parser.add_argument(
@@ -304,6 +316,139 @@ def _run_make_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+# Train flags that `compare` sets per run rather than once for all.
+_PER_RUN_FIELDS = ("optimizer", "seed")
+
+
+def _csv(kind: type) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(part) for part in text.split(",") if part.strip())
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {kind.__name__}s, got {text!r}"
+            ) from error
+
+    return parse
+
+
+def _method_list(text: str) -> tuple[str, ...] | None:
+    from camegrad_jax.rrg.optim import available_methods
+
+    if text == "all":
+        return None
+    if text == "none":
+        return ()
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [name for name in names if name not in available_methods()]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown methods {unknown}; choose from {', '.join(available_methods())} or 'all'"
+        )
+    return names
+
+
+def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    from camegrad_jax.rrg.compare import (
+        DEFAULT_SWEEP,
+        QUICK_FIELDS,
+        QUICK_METHODS,
+        QUICK_NOISE_BATCHES,
+        QUICK_SEEDS,
+    )
+    from camegrad_jax.rrg.config import TrainConfig
+
+    quick = ", ".join(f"{k}={v}" for k, v in QUICK_FIELDS.items())
+    parser.add_argument("--out", default="runs/compare", help="output folder (%(default)s)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"the demo: {' vs '.join(QUICK_METHODS)}, seeds {list(QUICK_SEEDS)}, {quick} "
+        "(flags given explicitly override these)",
+    )
+    parser.add_argument(
+        "--methods",
+        type=_method_list,
+        default=argparse.SUPPRESS,
+        help="comma-separated multi-task methods, or 'all' (default: all)",
+    )
+    parser.add_argument(
+        "--seeds", type=_csv(int), default=argparse.SUPPRESS, help="training seeds (default 0,1,2)"
+    )
+    parser.add_argument("--sweep", action="store_true", help="also run the α/γ/c sweep")
+    for name, values in DEFAULT_SWEEP.items():
+        parser.add_argument(
+            f"--sweep-{name}",
+            type=_csv(float),
+            default=values,
+            metavar="VALUES",
+            help=f"sweep values of {name} (default: {','.join(map(str, values))})",
+        )
+    parser.add_argument(
+        "--noise-methods",
+        type=_method_list,
+        default=argparse.SUPPRESS,
+        help="methods whose update-noise trace is measured, or 'none' (default: linear and "
+        "the CAME-Grad family among --methods)",
+    )
+    parser.add_argument(
+        "--noise-batches",
+        type=int,
+        default=argparse.SUPPRESS,
+        help=f"minibatches per noise trace (default 32; --quick {QUICK_NOISE_BATCHES})",
+    )
+    parser.add_argument(
+        "--bootstrap-resamples", type=int, default=10_000, help="resamples (%(default)s)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--compilation-cache",
+        metavar="DIR",
+        help="JAX persistent compilation cache (default: OUT/.jax_cache; 'none' for none)",
+    )
+    _add_config_flags(parser, TrainConfig(), exclude=_PER_RUN_FIELDS)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    import jax
+
+    from camegrad_jax.rrg.compare import (
+        QUICK_FIELDS,
+        QUICK_METHODS,
+        QUICK_NOISE_BATCHES,
+        QUICK_SEEDS,
+        CompareConfig,
+        format_summary,
+        run_comparison,
+    )
+    from camegrad_jax.rrg.config import TrainConfig
+
+    cache = args.compilation_cache or str(Path(args.out) / ".jax_cache")
+    if cache.lower() != "none":
+        jax.config.update("jax_compilation_cache_dir", cache)
+    fields = {**(QUICK_FIELDS if args.quick else {}), **_given_config_fields(args)}
+    options: dict[str, Any] = {}
+    if args.quick:
+        options.update(methods=QUICK_METHODS, seeds=QUICK_SEEDS, noise_batches=QUICK_NOISE_BATCHES)
+    for name in ("methods", "seeds", "noise_methods", "noise_batches"):
+        if hasattr(args, name):
+            options[name] = getattr(args, name)
+    config = CompareConfig(
+        out_dir=args.out,
+        base=TrainConfig(**fields),
+        sweep=args.sweep,
+        sweep_grid={"alpha": args.sweep_alpha, "gamma": args.sweep_gamma, "c": args.sweep_c},
+        bootstrap_resamples=args.bootstrap_resamples,
+        **options,
+    )
+    summary = run_comparison(config, progress=not args.no_progress)
+    print(format_summary(summary))
+    out = Path(args.out)
+    print(f"tables, figures and summary.json in {out}: {', '.join(summary['files'])}")
+    print(f"wall time {summary['timing']['wall_seconds']:.0f} s")
+    return 0
+
+
 @dataclasses.dataclass(frozen=True)
 class _Command:
     name: str
@@ -324,6 +469,13 @@ COMMANDS: list[_Command] = [
         "metrics of a run's checkpoint on test (or val)",
         _add_evaluate_arguments,
         _run_evaluate,
+    ),
+    _Command(
+        "compare",
+        "train several methods on the same data and seeds: the paper's tables, paired "
+        "comparison against linear scalarization, gradient-dynamics figures, optional sweep",
+        _add_compare_arguments,
+        _run_compare,
     ),
     _Command(
         "make-synthetic",

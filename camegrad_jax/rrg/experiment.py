@@ -14,6 +14,7 @@ multi-task method alone at fixed parameters, for measurements of the update nois
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -194,9 +195,17 @@ def build_setup(
     )
 
 
-def _dropout_key(seed: int, step: jax.Array) -> jax.Array:
+def _dropout_key(seed: jax.Array, step: jax.Array) -> jax.Array:
     # RBG keys compile dropout masks several times faster than threefry keys on a CPU.
     return jax.random.fold_in(jax.random.key(seed, impl="rbg"), step)
+
+
+def _seed_argument(seed: int) -> jax.Array:
+    """The seed as an array argument, not a constant baked into the program: runs that differ
+    only in their seed then compile the same program (a persistent-cache hit)."""
+    if not 0 <= seed < 2**31:
+        raise ValueError(f"`seed` should lie in [0, 2**31). Found `seed = {seed}`.")
+    return jnp.int32(seed)
 
 
 def make_train_step(
@@ -212,7 +221,7 @@ def make_train_step(
     ``params`` and ``opt_state`` are donated.
     """
 
-    def train_step(params, opt_state, rest, batch, step):
+    def train_step(params, opt_state, rest, batch, step, seed):
         key = _dropout_key(seed, step)
 
         def loss_fn(p):
@@ -225,7 +234,21 @@ def make_train_step(
         diagnostics["learning_rate"] = schedule(step)
         return params, opt_state, diagnostics
 
-    return jax.jit(train_step, donate_argnums=(0, 1))
+    return functools.partial(jax.jit(train_step, donate_argnums=(0, 1)), seed=_seed_argument(seed))
+
+
+def _fold_in_keys(node: Any, index: jax.Array) -> Any:
+    """``node`` with every NamedTuple field named ``key`` replaced by ``fold_in(key, index)``."""
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+        return type(node)(
+            *(
+                jax.random.fold_in(value, index) if name == "key" else _fold_in_keys(value, index)
+                for name, value in zip(node._fields, node, strict=True)
+            )
+        )
+    if isinstance(node, (tuple, list)):
+        return type(node)(_fold_in_keys(value, index) for value in node)
+    return node
 
 
 def update_samples(
@@ -244,7 +267,9 @@ def update_samples(
     measures the trace of its covariance).
 
     Every minibatch starts from the same ``multitask_state`` (nothing is carried from one to
-    the next), so the samples are independent given the parameters.
+    the next), so the samples are independent given the parameters. PRNG keys in that state (a
+    field named ``key``, e.g. Setting B's noise or RLW's weight draws) are folded with the
+    minibatch index, so a random method draws anew for each sample as it does at each step.
 
     Args:
       setup: the run's setup (model structure and multi-task method).
@@ -265,8 +290,9 @@ def update_samples(
     keep = jax.tree.leaves(setup.shared_mask) if shared_only else None
 
     @jax.jit
-    def one(params, state, batch, index):
+    def one(params, state, batch, index, seed):
         key = _dropout_key(seed, index) if train else None
+        state = _fold_in_keys(state, index)
 
         def loss_fn(p):
             return loss_vector(setup.graphdef, p, rest, batch, train=train, dropout_key=key)
@@ -278,7 +304,10 @@ def update_samples(
             leaves = [leaf for leaf, shared in zip(leaves, keep, strict=True) if shared]
         return jnp.concatenate([leaf.ravel() for leaf in leaves]).astype(jnp.float32)
 
-    samples = [one(params, state, batch, jnp.int32(i)) for i, batch in enumerate(batches)]
+    seed_array = _seed_argument(seed)
+    samples = [
+        one(params, state, batch, jnp.int32(i), seed_array) for i, batch in enumerate(batches)
+    ]
     if not samples:
         raise ValueError("`batches` is empty.")
     return np.stack(jax.device_get(samples))

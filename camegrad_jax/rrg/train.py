@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from camegrad_jax.rrg import checkpoint as ckpt
 from camegrad_jax.rrg.config import TASK_NAMES, TrainConfig
+from camegrad_jax.rrg.data import RRGDataset
 from camegrad_jax.rrg.diagnostics import StepLog, summarize_step_log
 from camegrad_jax.rrg.evaluation import SELECTION_METRIC, evaluate_split
 from camegrad_jax.rrg.experiment import Setup, build_setup, make_train_step
@@ -93,6 +94,7 @@ def restore_run(
     kind: ckpt.CheckpointKind = ckpt.LATEST,
     *,
     config_changes: Mapping[str, Any] | None = None,
+    dataset: RRGDataset | None = None,
 ) -> RestoredRun:
     """Rebuild the run in ``save_dir`` (its config, tokenizer and image normalisation) and
     restore its ``kind`` checkpoint.
@@ -103,15 +105,27 @@ def restore_run(
       config_changes: fields to change in the stored config that do not change the arrays'
         structure, e.g. ``ann_path``/``image_dir`` when the data moved (``save_dir`` is set to
         the given one).
+      dataset: the run's data, already loaded (its tokenizer and image normalisation must be
+        the run's); by default it is rebuilt from the stored config.
     """
     meta = ckpt.read_checkpoint_meta(save_dir, kind)
     changes = {"save_dir": str(save_dir), **(config_changes or {})}
     config = TrainConfig.from_dict(meta["config"]).replace(**changes)
+    tokenizer = Tokenizer.load(ckpt.tokenizer_path(save_dir))
+    if dataset is not None and (
+        dataset.tokenizer != tokenizer
+        or (dataset.image_mean, dataset.image_std) != (meta["image_mean"], meta["image_std"])
+    ):
+        raise ValueError(
+            f"`dataset` is not the data of the run in {save_dir}: its tokenizer or image "
+            "normalisation differs."
+        )
     setup = build_setup(
         config,
-        tokenizer=Tokenizer.load(ckpt.tokenizer_path(save_dir)),
+        tokenizer=tokenizer,
         image_mean=meta["image_mean"],
         image_std=meta["image_std"],
+        dataset=dataset,
     )
     target = _checkpoint_target(setup, kind, meta)
     state, meta = ckpt.restore_checkpoint(save_dir, kind, target)
@@ -152,7 +166,9 @@ def _config_differences(a: TrainConfig, b: TrainConfig) -> list[str]:
 class _Trainer:
     """The state of one call of :func:`train` (a class only to share it between steps)."""
 
-    def __init__(self, config: TrainConfig, *, resume: bool, progress: bool):
+    def __init__(
+        self, config: TrainConfig, *, resume: bool, progress: bool, dataset: RRGDataset | None
+    ):
         self.started = time.perf_counter()
         self.save_dir = Path(config.save_dir)
         self.progress = progress
@@ -170,7 +186,7 @@ class _Trainer:
                     f"{self.save_dir} already holds a run: resume it (`resume=True`, "
                     "`--resume`) or choose another save directory."
                 )
-            self.setup = build_setup(config)
+            self.setup = build_setup(config, dataset=dataset)
             # Copies: the train step donates its parameters, and `setup.params` stay usable.
             self.params = jax.tree.map(jnp.copy, self.setup.params)
             self.rest = self.setup.rest
@@ -402,6 +418,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     stop_after_epoch: int | None = None,
+    dataset: RRGDataset | None = None,
 ) -> dict[str, Any]:
     """Train, validate every ``eval_every`` epochs, test the best checkpoint, write results.
 
@@ -414,6 +431,8 @@ def train(
       progress: show a progress bar over the steps and a line per evaluated epoch.
       stop_after_epoch: stop once this many epochs are done (resume later); the results then
         have ``"status": "stopped"`` and no test metrics.
+      dataset: the data ``config`` describes, already loaded (e.g. shared by the runs of a
+        comparison); by default it is loaded from ``config``. A resumed run reloads its own.
 
     Returns:
       The results, also written to ``save_dir/results.json`` (non-finite numbers as null):
@@ -445,7 +464,7 @@ def train(
       * ``files``: ``step_log`` (``steps.npz``, one array per per-step field) and
         ``test_reports`` (``test_reports.json``: id, generated and reference report).
     """
-    trainer = _Trainer(config, resume=resume, progress=progress)
+    trainer = _Trainer(config, resume=resume, progress=progress, dataset=dataset)
     config = trainer.config
     stop = config.epochs if stop_after_epoch is None else min(stop_after_epoch, config.epochs)
     with tqdm(

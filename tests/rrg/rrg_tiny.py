@@ -50,6 +50,15 @@ TINY_FLAGS = [
 ]
 
 
+# The synthetic sizes of TINY_FIELDS as flags (for commands that generate the data themselves).
+TINY_DATA_FLAGS = [
+    *("--synthetic-train-size", "64", "--synthetic-val-size", "16"),
+    *("--synthetic-test-size", "16"),
+]
+
+COMPILATION_CACHE_DIR = Path(tempfile.gettempdir()) / "camegrad-jax-test-compilation-cache"
+
+
 def tiny_config(save_dir: Path | str, **changes) -> TrainConfig:
     return TrainConfig(save_dir=str(save_dir), **{**TINY_FIELDS, **changes})
 
@@ -57,9 +66,8 @@ def tiny_config(save_dir: Path | str, **changes) -> TrainConfig:
 @contextlib.contextmanager
 def compilation_cache_enabled() -> Iterator[None]:
     """JAX's persistent compilation cache in a fixed temporary folder, for the block."""
-    folder = Path(tempfile.gettempdir()) / "camegrad-jax-test-compilation-cache"
     previous = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_compilation_cache_dir", str(COMPILATION_CACHE_DIR))
     compilation_cache.reset_cache()  # The cache may have been checked (and off) already.
     try:
         yield

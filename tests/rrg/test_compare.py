@@ -1,0 +1,338 @@
+"""Tests of the method comparison (`camegrad_jax.rrg.compare`, ``camegrad-rrg compare``) and of
+its statistics (`camegrad_jax.rrg.stats`).
+
+One tiny ``compare --quick --sweep`` (linear and CAME-Grad, two seeds, a one-point sweep) runs
+once per module through the command line; most tests read its output folder.
+"""
+
+from __future__ import annotations
+
+import doctest
+import itertools
+import json
+import shutil
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rrg_tiny import (
+    COMPILATION_CACHE_DIR,
+    TINY_DATA_FLAGS,
+    TINY_FLAGS,
+    compilation_cache_enabled,
+    tiny_config,
+)
+
+from camegrad_jax.rrg import compare, stats
+from camegrad_jax.rrg.cli import main
+from camegrad_jax.rrg.compare import (
+    DEFAULT_SWEEP,
+    SUMMARY_FILE,
+    TABLE_METRICS,
+    CompareConfig,
+    plan_runs,
+    sign_flip_p_value,
+    sweep_table,
+)
+from camegrad_jax.rrg.experiment import build_setup, update_samples
+from camegrad_jax.rrg.stats import covariance_trace, paired_bootstrap_ci
+
+# Every test metric a run records (see `camegrad_jax.rrg.train.train`).
+TEST_METRIC_KEYS = {
+    *(f"BLEU_{n}" for n in range(1, 5)),
+    "METEOR",
+    "ROUGE_L",
+    *(f"ce_{p}_{m}" for p in ("example", "label_macro") for m in ("precision", "recall", "f1")),
+    "ce_example_avg",
+    "ce_label_macro_avg",
+    *(f"aux_auc_{a}" for a in ("macro", "micro", "macro_num_labels")),
+    *(f"aux_{m}_{a}" for m in ("precision", "recall", "f1") for a in ("macro", "micro")),
+    "num_reports",
+    "mean_generated_words",
+}
+TABLE_FILES = [f"{name}.{ext}" for name in ("table", "paired", "dynamics") for ext in ("md", "csv")]
+TABLE_FILES += ["table.json", "paired.json", "dynamics.json"]
+FIGURES = ["cosine_hist.png", "collapse_ratio.png", "noise_trace.png", "training_curves.png"]
+SWEEP_FILES = ["sweep.md", "sweep.csv", "sweep.json", "sweep.png"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache():
+    with compilation_cache_enabled():
+        yield
+
+
+@pytest.fixture(scope="module")
+def quick_out(tmp_path_factory) -> Path:
+    """A tiny ``compare --quick --sweep`` through the command line."""
+    out = tmp_path_factory.mktemp("compare")
+    argv = ["compare", "--quick", "--out", str(out), *TINY_FLAGS, *TINY_DATA_FLAGS]
+    argv += ["--compilation-cache", str(COMPILATION_CACHE_DIR), "--noise-batches", "3"]
+    argv += ["--bootstrap-resamples", "500", "--sweep", "--sweep-alpha", "0.2,0.5"]
+    argv += ["--sweep-gamma", "1.5", "--sweep-c", "0.5"]
+    assert main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def summary(quick_out) -> dict:
+    return json.loads((quick_out / SUMMARY_FILE).read_text())
+
+
+def test_quick_writes_every_table_and_figure(quick_out, summary):
+    for name in [*TABLE_FILES, *FIGURES, *SWEEP_FILES, SUMMARY_FILE]:
+        path = quick_out / name
+        assert path.is_file() and path.stat().st_size > 0, name
+    for figure in [*FIGURES, "sweep.png"]:
+        assert (quick_out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
+    assert set(summary["files"]) == set(TABLE_FILES + FIGURES + SWEEP_FILES)
+
+    table = (quick_out / "table.md").read_text()
+    for column in ("Prec.", "Rec.", "F1", "B-1", "B-4", "MTR", "R-L", "CE Avg."):
+        assert f" {column} |" in table, column
+    assert "example-based" in table and "label-macro" in table
+    assert "| linear |" in table and "| camegrad |" in table and " ± " in table
+    header = (quick_out / "table.csv").read_text().splitlines()[0].split(",")
+    assert header[:2] == ["method", "num_seeds"]
+    assert {f"{m}_{s}" for m in TABLE_METRICS for s in ("mean", "std")} == set(header[2:])
+
+
+def test_summary_holds_every_metric_of_every_run(summary):
+    assert summary["config"]["methods"] == ["linear", "camegrad"]
+    assert summary["config"]["seeds"] == [0, 1]
+    runs = {(r["name"], r["seed"]) for r in summary["runs"]}
+    expected = {(m, s) for m in ("linear", "camegrad", "camegrad_alpha0.5") for s in (0, 1)}
+    assert runs == expected
+    for run in summary["runs"]:
+        assert TEST_METRIC_KEYS <= set(run["test"]), run["name"]
+        assert run["test"]["num_reports"] == 16
+        assert len(run["val_ce_example_f1"]) == 2 and len(run["train_losses"]) == 2
+        dynamics = run["dynamics"]
+        assert dynamics["num_steps"] == 16
+        assert 0.0 <= dynamics["conflict_share"] <= 1.0
+        assert 0.0 < dynamics["collapse_ratio_mean"] <= 1.0 + 1e-6
+    for name in ("linear", "camegrad"):
+        assert set(summary["table"][name]) == {*TABLE_METRICS, "seeds"}
+        entry = summary["table"][name]["ce_example_f1"]
+        values = [r["test"]["ce_example_f1"] for r in summary["runs"] if r["name"] == name]
+        assert entry["values"] == values and entry["mean"] == pytest.approx(np.mean(values))
+    assert summary["constant_report"]["metrics"]["ce_example_f1"] >= 0.0
+
+
+def test_paired_comparison_against_linear(summary):
+    paired = summary["paired"]
+    assert set(paired) == {"camegrad"}
+    assert set(paired["camegrad"]) == set(TABLE_METRICS) - {"METEOR"}  # METEOR is off
+    linear = {r["seed"]: r["test"] for r in summary["runs"] if r["name"] == "linear"}
+    for metric, entry in paired["camegrad"].items():
+        runs = [r for r in summary["runs"] if r["name"] == "camegrad"]
+        expected = [r["test"][metric] - linear[r["seed"]][metric] for r in runs]
+        np.testing.assert_allclose(entry["differences"], expected)
+        assert entry["ci_low"] <= entry["mean"] <= entry["ci_high"]
+        assert entry["verdict"] in ("improves", "worse", "no_difference")
+        assert entry["sentence"].startswith(f"camegrad − linear on {metric}: ")
+        if entry["verdict"] == "no_difference":
+            assert "no significant difference" in entry["sentence"]
+        else:  # Two seeds: never better than p = 0.5, and the sentence says so.
+            assert "weak evidence" in entry["sentence"]
+
+
+def test_noise_trace_is_measured_at_fixed_parameters(summary):
+    for run in summary["runs"]:
+        if run["name"] == "camegrad_alpha0.5":
+            assert "noise" not in run
+            continue
+        noise = run["noise"]
+        assert noise["num_minibatches"] == 3 and noise["batch_size"] == 8
+        assert 0.0 < noise["trace_shared"] < noise["trace_all"]
+        assert 0 < noise["num_shared_params"] < noise["num_params"]
+    at_linear = summary["noise_at_baseline_parameters"]
+    assert set(at_linear) == {"0", "1"}
+    linear = {r["seed"]: r for r in summary["runs"] if r["name"] == "linear"}
+    for seed, by_method in at_linear.items():
+        assert by_method["linear"]["trace_all"] == linear[int(seed)]["noise"]["trace_all"]
+        assert by_method["camegrad"]["trace_shared"] > 0
+    dynamics = summary["dynamics"]
+    for name in ("linear", "camegrad"):
+        for key in ("noise_trace_shared", "noise_trace_all", "noise_trace_shared_at_baseline"):
+            assert dynamics[name][key]["n"] == 2, (name, key)
+
+
+def test_sweep_table_has_the_requested_grid(quick_out, summary):
+    sweep = summary["sweep"]
+    assert {p: [row["value"] for row in sweep[p]] for p in DEFAULT_SWEEP} == {
+        "alpha": [0.2, 0.5],
+        "gamma": [1.5],
+        "c": [0.5],
+    }
+    assert [row["name"] for row in sweep["alpha"]] == ["camegrad", "camegrad_alpha0.5"]
+    assert sweep["fixed"] == {"alpha": 0.2, "gamma": 1.5, "c": 0.5}
+    lines = (quick_out / "sweep.md").read_text().splitlines()
+    rows = [line.split(" | ")[:2] for line in lines if line.startswith("| ") and "---" not in line]
+    assert rows[1:] == [["| alpha", "0.2"], ["| alpha", "0.5"], ["| gamma", "1.5"], ["| c", "0.5"]]
+    csv_rows = (quick_out / "sweep.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[:2] for row in csv_rows] == [
+        ["alpha", "0.2"],
+        ["alpha", "0.5"],
+        ["gamma", "1.5"],
+        ["c", "0.5"],
+    ]
+
+
+def test_rerun_reuses_finished_runs(quick_out, summary, capsys, tmp_path):
+    moved = tmp_path / "moved"  # A moved output folder is still reused.
+    shutil.copytree(quick_out, moved)
+    argv = ["compare", "--quick", "--out", str(moved), *TINY_FLAGS, *TINY_DATA_FLAGS]
+    argv += ["--compilation-cache", str(COMPILATION_CACHE_DIR), "--noise-batches", "3"]
+    argv += ["--bootstrap-resamples", "500"]
+    assert main(argv) == 0
+    again = json.loads((moved / SUMMARY_FILE).read_text())
+    assert {r["how"] for r in again["runs"]} == {"reused"}
+    assert again["table"] == summary["table"]
+    assert again["paired"] == summary["paired"]
+    assert "sweep" not in again and not (moved / "sweep.md").exists()
+    printed = capsys.readouterr().out
+    assert "camegrad − linear on ce_example_f1" in printed and "wall time" in printed
+    # Another configuration in the same folder is refused, not mixed in.
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--lr", "1e-3"])
+    assert exit_info.value.code == 2
+    assert "another configuration" in capsys.readouterr().err
+
+
+def test_default_sweep_plan_is_one_at_a_time():
+    config = CompareConfig(
+        out_dir="unused", methods=("linear", "camegrad"), seeds=(0, 1), sweep=True
+    )
+    specs = plan_runs(config)
+    names = sorted({spec.name for spec in specs})
+    expected = ["camegrad", "linear"]
+    expected += [f"camegrad_alpha{v:g}" for v in (0.1, 0.5, 0.9)]
+    expected += [f"camegrad_gamma{v:g}" for v in (1.0, 2.0)]
+    expected += [f"camegrad_c{v:g}" for v in (0.1, 0.3)]
+    assert names == sorted(expected)
+    assert len(specs) == len(expected) * 2
+    for spec in specs:
+        hyper = {"alpha": spec.config.alpha, "gamma": spec.config.gamma, "c": spec.config.c}
+        changed = {k: v for k, v in hyper.items() if v != getattr(config.base, k)}
+        assert len(changed) <= 1
+        if changed:
+            ((param, value),) = changed.items()
+            assert spec.name == f"camegrad_{param}{value:g}" and spec.method == "camegrad"
+        assert spec.run_dir == Path("unused/runs") / spec.name / f"seed{spec.seed}"
+
+    # The table of the sweep has one row per grid value, in order, over the seeds' runs.
+    records = [
+        {"name": spec.name, "seed": spec.seed, "test": {m: float(spec.seed) for m in TABLE_METRICS}}
+        for spec in specs
+    ]
+    table = sweep_table(records, config)
+    assert {p: [row["value"] for row in table[p]] for p in DEFAULT_SWEEP} == {
+        p: list(v) for p, v in DEFAULT_SWEEP.items()
+    }
+    assert all(row["ce_example_f1"]["n"] == 2 for p in DEFAULT_SWEEP for row in table[p])
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="`methods` should be names"):
+        CompareConfig(methods=("nope",))
+    with pytest.raises(ValueError, match="not among `methods`"):
+        CompareConfig(methods=("linear",), noise_methods=("camegrad",))
+    with pytest.raises(ValueError, match="`seeds`"):
+        CompareConfig(seeds=(-1,))
+    config = CompareConfig(methods=("linear", "pcgrad", "camegrad_no_s2"))
+    assert config.noise_methods == ("linear", "camegrad_no_s2")
+    assert CompareConfig().methods == compare.available_methods()
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics.
+
+
+def test_bootstrap_of_equal_differences_is_a_point():
+    ci = paired_bootstrap_ci([1.0, 1.0, 1.0])
+    assert (ci.low, ci.high, ci.mean) == (1.0, 1.0, 1.0)
+    assert ci.excludes_zero()
+    assert paired_bootstrap_ci([0.0, 0.0]).excludes_zero() is False
+
+
+def exact_bootstrap_quantile(differences, level):
+    """The level-quantile of the exact bootstrap distribution of the mean (all n^n equally
+    likely resamples), as the smallest atom whose CDF reaches the level, with the distance of
+    the level from the CDF's jumps (how well a Monte Carlo bootstrap pins it down)."""
+    n = len(differences)
+    weights: dict[Fraction, Fraction] = {}
+    for picks in itertools.product(differences, repeat=n):
+        mean = Fraction(sum(picks), n)
+        weights[mean] = weights.get(mean, 0) + Fraction(1, n**n)
+    cdf = Fraction(0)
+    for atom in sorted(weights):
+        below = cdf
+        cdf += weights[atom]
+        if cdf >= level:
+            return float(atom), float(min(level - below, cdf - level))
+    raise AssertionError("unreachable")
+
+
+def test_bootstrap_matches_the_exact_resampling_distribution():
+    differences = [0, 1, 2, 7]  # 4^4 = 256 equally likely resamples
+    low, low_margin = exact_bootstrap_quantile(differences, Fraction(25, 1000))
+    high, high_margin = exact_bootstrap_quantile(differences, Fraction(975, 1000))
+    assert (low, high) == (0.5, 5.5)
+    # Both levels sit well inside a CDF step, many Monte Carlo standard errors from its edges.
+    assert min(low_margin, high_margin) > 10 * np.sqrt(0.025 * 0.975 / 100_000)
+    ci = paired_bootstrap_ci([float(d) for d in differences], 0.95, resamples=100_000, seed=3)
+    assert (ci.low, ci.high) == (low, high)
+    assert ci.mean == 2.5
+
+
+def test_bootstrap_validates_its_arguments():
+    with pytest.raises(ValueError, match="at least one"):
+        paired_bootstrap_ci([])
+    with pytest.raises(ValueError, match="finite"):
+        paired_bootstrap_ci([1.0, np.nan])
+    with pytest.raises(ValueError, match="`confidence`"):
+        paired_bootstrap_ci([1.0], confidence=1.0)
+    with pytest.raises(ValueError, match="`resamples`"):
+        paired_bootstrap_ci([1.0], resamples=0)
+
+
+def test_sign_flip_p_value_by_hand():
+    # [1, 1]: sign patterns ++ (mean 1), +- (0), -+ (0), -- (-1): |mean| >= 1 in 2 of 4.
+    assert sign_flip_p_value([1.0, 1.0]) == 0.5
+    # [1, 2, 3]: only +++ and --- reach |mean| >= 2, 2 of 8.
+    assert sign_flip_p_value([1.0, 2.0, 3.0]) == 0.25
+    # [3, -1]: |mean| 1 observed; patterns give 1, 2, 2, 1: all 4 reach it.
+    assert sign_flip_p_value([3.0, -1.0]) == 1.0
+
+
+def test_covariance_trace_by_hand():
+    samples = np.array([[1.0, 2.0], [3.0, 6.0], [5.0, 10.0]])
+    # Columns (1, 3, 5) and (2, 6, 10): variances (4 + 0 + 4) / 2 = 4 and (16 + 0 + 16) / 2 = 16.
+    assert covariance_trace(samples) == 20.0
+    assert covariance_trace(samples + np.array([100.0, -7.0])) == pytest.approx(20.0)
+    assert covariance_trace(3.0 * samples) == pytest.approx(9.0 * 20.0)
+    rng = np.random.default_rng(0)
+    random = rng.normal(size=(6, 4))
+    assert covariance_trace(random) == pytest.approx(np.trace(np.cov(random, rowvar=False)))
+    with pytest.raises(ValueError, match="M >= 2"):
+        covariance_trace(samples[:1])
+
+
+def test_update_samples_draw_fresh_noise_per_minibatch(tmp_path):
+    """Setting B's noise (a PRNG key in its state) differs between samples of the same
+    minibatch; a deterministic method's samples do not (no dropout: ``train=False``)."""
+    batch = next(
+        build_setup(tiny_config(tmp_path)).dataset.iterate_batches("train", 8, shuffle=False)
+    )
+    for name, same in (("linear", True), ("camegrad_setting_b", False)):
+        setup = build_setup(tiny_config(tmp_path, optimizer=name))
+        samples = update_samples(setup, setup.params, [batch, batch], train=False)
+        assert np.array_equal(samples[0], samples[1]) == same, name
+        assert np.all(np.isfinite(samples))
+
+
+def test_docstring_examples_run():
+    for module in (stats, compare):
+        assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
