@@ -1,0 +1,36 @@
+"""The benchmark script runs end to end at tiny sizes and reports finite ratios (slow: it
+compiles every contender; `make test-slow`). It measures nothing: the figures are in
+`benchmarks/results-cpu.json` and the README."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run_benchmarks.py"
+
+
+@pytest.mark.slow
+def test_quick_benchmark_runs_and_reports_finite_ratios(tmp_path):
+    spec = importlib.util.spec_from_file_location("run_benchmarks", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main(
+        [
+            "--quick",
+            "--sections",
+            "dual,flat,pytree,family,train",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
+    assert (tmp_path / "r.json").exists()
+    ratios = [row["over_linear"] for key in ("flat", "pytree", "family") for row in results[key]]
+    ratios += [row["speedup_in_jit"] for row in results["dual"] if "speedup_in_jit" in row]
+    ratios += [results["train"][k] for k in ("camegrad_over_linear", "camegrad_over_one_backward")]
+    assert ratios and all(math.isfinite(r) and r > 0 for r in ratios)
+    # The dual solver reaches SLSQP's objective (up to float32 round-off) on every problem.
+    assert all(row["objective_advantage_min"] > -1e-5 for row in results["dual"])
