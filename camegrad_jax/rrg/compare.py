@@ -972,8 +972,14 @@ def write_figures(
     out = Path(out_dir)
     names = list(summary["table"])
     logs = _step_logs(specs, names)
-    palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
-    colours = {name: palette(i % palette.N) for i, name in enumerate(names)}
+    # Black and red are linear scalarization's and CAME-Grad's; the others take the palette's
+    # remaining colours (its reds left out, so no method is mistaken for CAME-Grad).
+    others = [name for name in names if name not in (BASELINE, CAMEGRAD)]
+    palette, reds = (
+        (plt.get_cmap("tab10"), {3}) if len(others) <= 9 else (plt.get_cmap("tab20"), {6, 7})
+    )
+    choices = [palette(i) for i in range(palette.N) if i not in reds]
+    colours = {name: choices[i % len(choices)] for i, name in enumerate(others)}
     colours.update({BASELINE: "black", CAMEGRAD: "tab:red"})
     written = []
 
