@@ -53,7 +53,7 @@ import numpy as np
 
 from camegrad_jax.rrg.config import TrainConfig
 from camegrad_jax.rrg.optim import MULTITASK_METHODS, available_methods
-from camegrad_jax.rrg.stats import covariance_trace, paired_bootstrap_ci
+from camegrad_jax.rrg.stats import covariance_trace, paired_bootstrap_ci, sign_flip_p_value
 
 __all__ = [
     "BASELINE",
@@ -73,7 +73,6 @@ __all__ = [
     "paired_comparison",
     "plan_runs",
     "run_comparison",
-    "sign_flip_p_value",
     "sweep_table",
     "write_figures",
 ]
@@ -543,22 +542,6 @@ def aggregate_table(
             table[name] = {m: _mean_std([r["test"].get(m) for r in runs]) for m in TABLE_METRICS}
             table[name]["seeds"] = [r["seed"] for r in runs]
     return table
-
-
-def sign_flip_p_value(differences: Sequence[float]) -> float:
-    """Exact two-sided p-value of the paired sign-flip (randomisation) test of a zero mean.
-
-    Under the null each difference is equally likely positive or negative; the p-value is the
-    share of the 2^n sign patterns whose |mean| reaches the observed one. With n pairs it can
-    never fall below 2^(1 − n) (0.5 for two seeds, 0.25 for three).
-    """
-    values = np.asarray(differences, dtype=np.float64)
-    if values.size == 0 or values.size > 20:
-        raise ValueError("`differences` should hold 1 to 20 values.")
-    observed = abs(values.mean())
-    signs = np.array(list(itertools.product((1.0, -1.0), repeat=values.size)))
-    means = np.abs(signs @ values) / values.size
-    return float(np.mean(means >= observed - 1e-12 * max(1.0, observed)))
 
 
 def _verdict(method: str, metric: str, diffs: Sequence[float], ci: Any, p: float, conf: float):

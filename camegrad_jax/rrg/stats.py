@@ -1,19 +1,21 @@
-"""Small statistics for comparing runs: a paired bootstrap interval and the update-noise trace.
+"""Small statistics for comparing runs: paired tests of a difference, and the update-noise trace.
 
 * :func:`paired_bootstrap_ci`: percentile bootstrap of the mean of paired differences (e.g. the
   per-seed differences ``method − linear`` of a metric on the same data and seeds).
+* :func:`sign_flip_p_value`: the exact paired sign-flip (randomisation) test of a zero mean;
 * :func:`covariance_trace`: trace of the sample covariance of vectors, the paper's measure of
   the update noise (Appendix B.2), computed without forming the covariance.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["BootstrapCI", "covariance_trace", "paired_bootstrap_ci"]
+__all__ = ["BootstrapCI", "covariance_trace", "paired_bootstrap_ci", "sign_flip_p_value"]
 
 
 class BootstrapCI(NamedTuple):
@@ -98,3 +100,23 @@ def covariance_trace(samples: np.ndarray) -> float:
         )
     centred = samples - samples.mean(axis=0)
     return float(np.sum(centred * centred) / (samples.shape[0] - 1))
+
+
+def sign_flip_p_value(differences: Sequence[float]) -> float:
+    """Exact two-sided p-value of the paired sign-flip (randomisation) test of a zero mean.
+
+    Under the null each difference is equally likely positive or negative; the p-value is the
+    share of the 2^n sign patterns whose |mean| reaches the observed one. With n pairs it can
+    never fall below 2^(1 − n) (0.5 for two seeds, 0.25 for three).
+
+    Examples:
+      >>> sign_flip_p_value([1.0, 2.0, 3.0])  # only +++ and --- reach |mean| >= 2
+      0.25
+    """
+    values = np.asarray(differences, dtype=np.float64)
+    if values.size == 0 or values.size > 20:
+        raise ValueError(f"`differences` should hold 1 to 20 values. Found {values.size}.")
+    observed = abs(values.mean())
+    signs = np.array(list(itertools.product((1.0, -1.0), repeat=values.size)))
+    means = np.abs(signs @ values) / values.size
+    return float(np.mean(means >= observed - 1e-12 * max(1.0, observed)))

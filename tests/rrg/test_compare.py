@@ -32,11 +32,10 @@ from camegrad_jax.rrg.compare import (
     TABLE_METRICS,
     CompareConfig,
     plan_runs,
-    sign_flip_p_value,
     sweep_table,
 )
 from camegrad_jax.rrg.experiment import build_setup, update_samples
-from camegrad_jax.rrg.stats import covariance_trace, paired_bootstrap_ci
+from camegrad_jax.rrg.stats import covariance_trace, paired_bootstrap_ci, sign_flip_p_value
 
 # Every test metric a run records (see `camegrad_jax.rrg.train.train`).
 TEST_METRIC_KEYS = {
