@@ -23,5 +23,5 @@ export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_camegrad.py \
   -k "reference or dtype or scaling or opposite" 2>&1 | tail -5 | tee "$OUT/gpu-tests.log"
 # Then the ratios.
-timeout 360 python3 benchmarks/run_benchmarks.py --sections dual,flat,pytree,family,train \
+timeout 360 python3 benchmarks/run_benchmarks.py --sections dual,flat,gram,pytree,family,train \
   --rounds 10 --json "$OUT/gpu-benchmarks.json" 2>&1 | tee "$OUT/gpu-benchmarks.log"

@@ -9,6 +9,10 @@ Sections (``--sections``, comma-separated; default all but ``full_run``):
 * ``flat``: one ``camegrad`` update against one ``linear_scalarization`` update and against one
   bare pass over the stacked gradients, on a flat parameter vector, P ∈ {1e6, 1e7, 5e7} and
   K ∈ {2, 4, 8}, with XLA's compiled peak-memory figure for each.
+* ``gram``: each way of reducing the stacked gradients to the Gram matrix that the library
+  chooses between (fused multiply-reduce, the two-row form for K = 2, the chunk walk), a plain
+  matrix product and one pass over the data, alone, against the linear update; what the
+  choice in ``camegrad_jax/_tree.py`` rests on.
 * ``pytree``: the same on the reference report-generation model's parameter pytree (128 leaves,
   1.3M parameters) and on a wider version of it (≈ 1e7 parameters).
 * ``family``: every gradient-based method of the library against ``linear_scalarization``.
@@ -22,8 +26,10 @@ Sections (``--sections``, comma-separated; default all but ``full_run``):
 
 Timing: contenders run interleaved (A, B, A, B, …) and each ratio is the median of the
 per-round ratios, so load on this shared machine hits both sides alike; absolute times are given
-only for context. The stacked-gradient updates are timed in steady state (the dual warm-started
-from the previous step's solution, as in training).
+only for context. ``--rounds`` is the least number of rounds: small programs get more (up to
+200, about 2e8 gradient entries read per contender), since their short times are the noisiest.
+The stacked-gradient updates are timed in steady state (the dual warm-started from the previous
+step's solution, as in training).
 
     python benchmarks/run_benchmarks.py                    # everything (tens of minutes)
     python benchmarks/run_benchmarks.py --quick            # tiny sizes: a smoke test
@@ -239,11 +245,21 @@ def stacked_like(shapes: Sequence[tuple[int, ...]], k: int, seed: int) -> list[j
     return leaves
 
 
+Rounds = Callable[[int], int]  # entries of the stacked gradients -> interleaved timing rounds
+
+
+def rounds_by_size(minimum: int, entries_budget: float = 2e8, most: int = 200) -> Rounds:
+    """At least `minimum` rounds, more for small programs (whose times are short and noisier):
+    about `entries_budget` stacked-gradient entries read per contender in all."""
+    return lambda entries: max(minimum, min(most, int(entries_budget / entries)))
+
+
 def time_update(
-    name: str, multitask: optax.GradientTransformation, grads, params, linear, rounds: int
+    name: str, multitask: optax.GradientTransformation, grads, params, linear, rounds: Rounds
 ) -> dict:
     """One update of `multitask` against one of `linear` (and a bare pass), steady state."""
     k = jax.tree.leaves(grads)[0].shape[0]
+    rounds = rounds(sum(leaf.size for leaf in jax.tree.leaves(grads)))
     step = jax.jit(lambda g, s: multitask.update(g, s, params)[0])
     state = jax.jit(lambda g, s: multitask.update(g, s, params)[1])(grads, multitask.init(params))
     linear_step = jax.jit(lambda g: linear.update(g, optax.EmptyState())[0])
@@ -261,6 +277,7 @@ def time_update(
             lambda g, s: multitask.update(g, s, params)[0], grads, state
         ),
         "linear_peak_bytes": peak_bytes(lambda g: linear.update(g, optax.EmptyState())[0], grads),
+        "rounds": rounds,
     }
 
 
@@ -273,7 +290,7 @@ def report(prefix: str, row: dict) -> None:
     )
 
 
-def bench_flat(sizes: Sequence[int], task_counts: Sequence[int], rounds: int) -> list[dict]:
+def bench_flat(sizes: Sequence[int], task_counts: Sequence[int], rounds: Rounds) -> list[dict]:
     rows = []
     for size in sizes:
         for k in task_counts:
@@ -291,6 +308,85 @@ def bench_flat(sizes: Sequence[int], task_counts: Sequence[int], rounds: int) ->
             rows.append(row)
             report(f"flat P={size:.0e} K={k}", row)
             del grads
+    return rows
+
+
+def interleaved_ratios(contenders: dict[str, Callable[[], object]], baseline: str, rounds: int):
+    """Median over interleaved rounds of time(contender) / time(baseline), for each contender.
+
+    The order is shuffled in every round: whichever program runs just before another decides
+    what is left in the caches for it, and a fixed order would bias the ratios.
+    """
+    for fn in contenders.values():
+        jax.block_until_ready(fn())
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    order = list(contenders)
+    shuffle = np.random.default_rng(0).shuffle
+    for _ in range(rounds):
+        shuffle(order)
+        for name in order:
+            fn = contenders[name]
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    base = np.asarray(times[baseline])
+    return {
+        name: float(np.median(np.asarray(t) / base))
+        for name, t in times.items()
+        if name != baseline
+    }
+
+
+def gram_strategies(k: int, size: int) -> dict[str, Callable[[jax.Array], jax.Array]]:
+    """Every way `camegrad_jax._tree` can reduce one (K, P) leaf to G, and the references."""
+    from camegrad_jax import _tree
+
+    def as_f32(fn):
+        return lambda flat: fn(flat, jnp.float32)
+
+    strategies = {
+        "library": lambda flat: _tree.gram_matrix([flat], jnp.float32),
+        "fused": as_f32(_tree._fused_leaf_gram),
+        "matrix product": lambda flat: jnp.dot(flat, flat.T),
+    }
+    if k == 2:
+        strategies["two-row"] = as_f32(_tree._two_row_leaf_gram)
+    if size >= 2 * _tree._GRAM_CHUNK:
+        strategies["chunk walk"] = as_f32(_tree._chunked_leaf_gram)
+    return strategies
+
+
+def bench_gram(sizes: Sequence[int], task_counts: Sequence[int], rounds: Rounds) -> list[dict]:
+    """The Gram reductions the library chooses between, each alone, against the linear update.
+
+    "one pass" (Σ of all squared entries, one read of the data) is the floor of any reduction;
+    "G + sum" is the library's G followed by the weighted sum, i.e. everything in a Gram-based
+    update but the K × K solve.
+    """
+    from camegrad_jax import _tree
+
+    rows = []
+    for size in sizes:
+        for k in task_counts:
+            (flat,) = stacked_like([(size,)], k, seed=size + 3 * k)
+            ones = jnp.ones((k,), jnp.float32)
+            fns = {"linear": jax.jit(lambda g, ones=ones: _tree.combine([g], ones)[0])}
+            fns["one pass"] = jax.jit(lambda g: jnp.sum(g * g))
+            for name, strategy in gram_strategies(k, size).items():
+                fns[name] = jax.jit(strategy)
+            fns["G + sum"] = jax.jit(
+                lambda g: _tree.combine([g], _tree.gram_matrix([g], jnp.float32)[0])[0]
+            )
+            rounds_here = rounds(flat.size)
+            ratios = interleaved_ratios(
+                {name: (lambda fn=fn, g=flat: fn(g)) for name, fn in fns.items()},
+                "linear",
+                rounds_here,
+            )
+            rows.append({"P": size, "K": k, "over_linear": ratios, "rounds": rounds_here})
+            shown = ", ".join(f"{name} {ratio:.2f}" for name, ratio in ratios.items())
+            print(f"gram P={size:.0e} K={k} (/ linear): {shown}")
+            del flat
     return rows
 
 
@@ -313,7 +409,7 @@ def reference_model_shapes(width_scale: int) -> tuple[list[tuple[int, ...]], obj
     return [leaf.shape for leaf in leaves], treedef
 
 
-def bench_pytree(width_scales: Sequence[int], task_counts: Sequence[int], rounds: int) -> list:
+def bench_pytree(width_scales: Sequence[int], task_counts: Sequence[int], rounds: Rounds) -> list:
     rows = []
     for scale in width_scales:
         shapes, treedef = reference_model_shapes(scale)
@@ -349,7 +445,7 @@ FAMILY = {
 }
 
 
-def bench_family(size: int, task_counts: Sequence[int], rounds: int) -> list[dict]:
+def bench_family(size: int, task_counts: Sequence[int], rounds: Rounds) -> list[dict]:
     rows = []
     for k in task_counts:
         (grads,) = stacked_like([(size,)], k, seed=7 + k)
@@ -558,7 +654,7 @@ def bench_full_run(quick: bool) -> dict:
     return result
 
 
-SECTIONS = ("dual", "flat", "pytree", "family", "torchjd", "train", "full_run")
+SECTIONS = ("dual", "flat", "gram", "pytree", "family", "torchjd", "train", "full_run")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -566,7 +662,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--sections", default=",".join(s for s in SECTIONS if s != "full_run"))
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument("--cvxpy", action="store_true", help="also time cvxpy + Clarabel")
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
+    parser.add_argument(
+        "--rounds", type=int, default=15, help="interleaved timing rounds (more for small programs)"
+    )
     parser.add_argument("--torch-python", default=str(ROOT / ".venv-torch" / "bin" / "python"))
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
@@ -574,7 +672,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
-    quick, rounds = args.quick, 3 if args.quick else args.rounds
+    quick = args.quick
+    rounds = (lambda entries: 3) if quick else rounds_by_size(args.rounds)
 
     print(
         f"jax {jax.__version__} on {jax.default_backend()} ({platform.machine()}, "
@@ -586,6 +685,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if "flat" in sections:
         sizes = (10_000,) if quick else (1_000_000, 10_000_000, 50_000_000)
         results["flat"] = bench_flat(sizes, (2,) if quick else (2, 4, 8), rounds)
+    if "gram" in sections:
+        sizes = (10_000,) if quick else (100_000, 1_000_000, 10_000_000)
+        results["gram"] = bench_gram(sizes, (2,) if quick else (2, 3, 4, 8), rounds)
     if "pytree" in sections:
         results["pytree"] = bench_pytree(
             (1,) if quick else (1, 3), (2,) if quick else (2, 4, 8), rounds
@@ -601,7 +703,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             (2,) if quick else (2, 8),
         )
     if "train" in sections:
-        results["train"] = bench_train(quick, rounds if quick else 20)
+        results["train"] = bench_train(quick, 3 if quick else 20)
     if "full_run" in sections:
         results["full_run"] = bench_full_run(quick)
     if args.json:

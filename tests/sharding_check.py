@@ -115,23 +115,25 @@ def main() -> None:
         ),
         "output_sharding_kept": str(out["w1"].sharding.spec),
     }
-    # Four tasks on a leaf long enough that one device would walk it chunk by chunk: sharded, the
-    # fused reduction must be used instead (a chunk walk along the sharded axis would gather it).
-    many = cg.camegrad(0.5, 1.5, 0.2, num_tasks=4)
-    big = jax.random.normal(keys[0], (4, 512, 256))
-    big_params = {"w": big[0]}
-    big_stacked = {"w": jax.device_put(big, NamedSharding(mesh, P(None, "d")))}
-    big_update = jax.jit(many.update)
-    big_state = many.init(big_params)
-    hlo = big_update.lower(big_stacked, big_state).compile().as_text()
-    out, _ = big_update(big_stacked, big_state)
-    single, _ = jax.jit(many.update)({"w": jax.device_get(big_stacked["w"])}, big_state)
-    results["fsdp_transform_four_tasks"] = {
-        "has_all_reduce": "all-reduce" in hlo,
-        "all_gathers": sum("all-gather" in line and "=" in line for line in hlo.splitlines()),
-        "max_error": float(np.max(np.abs(np.asarray(out["w"]) - np.asarray(single["w"])))),
-        "output_sharding_kept": str(out["w"].sharding.spec),
-    }
+    # Leaves long enough that one device would take another road to G: four tasks (a walk chunk
+    # by chunk, which along a sharded axis would gather the leaf, so sharded it must not be
+    # used) and two tasks (the two-row form, whose reductions XLA partitions like the fused one).
+    for case, num_tasks in (("fsdp_transform_four_tasks", 4), ("fsdp_transform_two_tasks", 2)):
+        tx_k = cg.camegrad(0.5, 1.5, 0.2, num_tasks=num_tasks)
+        big = jax.random.normal(keys[0], (num_tasks, 1024, 256))
+        big_params = {"w": big[0]}
+        big_stacked = {"w": jax.device_put(big, NamedSharding(mesh, P(None, "d")))}
+        big_update = jax.jit(tx_k.update)
+        big_state = tx_k.init(big_params)
+        hlo = big_update.lower(big_stacked, big_state).compile().as_text()
+        out, _ = big_update(big_stacked, big_state)
+        single, _ = jax.jit(tx_k.update)({"w": jax.device_get(big_stacked["w"])}, big_state)
+        results[case] = {
+            "has_all_reduce": "all-reduce" in hlo,
+            "all_gathers": sum("all-gather" in line and "=" in line for line in hlo.splitlines()),
+            "max_error": float(np.max(np.abs(np.asarray(out["w"]) - np.asarray(single["w"])))),
+            "output_sharding_kept": str(out["w"].sharding.spec),
+        }
     print(json.dumps(results))
 
 

@@ -22,13 +22,14 @@ def test_quick_benchmark_runs_and_reports_finite_ratios(tmp_path):
         [
             "--quick",
             "--sections",
-            "dual,flat,pytree,family,train",
+            "dual,flat,gram,pytree,family,train",
             "--json",
             str(tmp_path / "r.json"),
         ]
     )
     assert (tmp_path / "r.json").exists()
     ratios = [row["over_linear"] for key in ("flat", "pytree", "family") for row in results[key]]
+    ratios += [ratio for row in results["gram"] for ratio in row["over_linear"].values()]
     ratios += [row["speedup_in_jit"] for row in results["dual"] if "speedup_in_jit" in row]
     ratios += [results["train"][k] for k in ("camegrad_over_linear", "camegrad_over_one_backward")]
     assert ratios and all(math.isfinite(r) and r > 0 for r in ratios)

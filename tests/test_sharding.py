@@ -36,7 +36,9 @@ def test_data_parallel_gathers_nothing(results):
     assert results["data_parallel"]["all_gathers"] == 0
 
 
-@pytest.mark.parametrize("case", ["fsdp_transform_only", "fsdp_transform_four_tasks"])
+@pytest.mark.parametrize(
+    "case", ["fsdp_transform_only", "fsdp_transform_four_tasks", "fsdp_transform_two_tasks"]
+)
 def test_gram_is_reduced_across_shards_not_gathered(results, case):
     result = results[case]
     assert result["has_all_reduce"]

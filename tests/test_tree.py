@@ -1,5 +1,5 @@
-"""The Gram reduction over stacked gradients (`camegrad_jax._tree`): both of its strategies
-against a float64 reference, the choice between them, and the sharded fallback."""
+"""The Gram reduction over stacked gradients (`camegrad_jax._tree`): each of its strategies
+against a float64 reference, and the choice between them."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from camegrad_jax import _tree
 
 CHUNK = _tree._GRAM_CHUNK
 MIN_SIZE = _tree._CHUNKED_GRAM_MIN_CHUNKS * CHUNK
+TWO_ROW_MIN = _tree._TWO_ROW_MIN_SIZE
+ON_CPU = jax.default_backend() == "cpu"
 
 
 def reference_gram(flat) -> np.ndarray:
@@ -27,9 +29,19 @@ def random_stack(num_tasks: int, size: int, seed: int, dtype=jnp.float32) -> jax
     return jnp.asarray(values, dtype)
 
 
-def uses_loop(fn, *args) -> bool:
-    jaxpr = str(jax.make_jaxpr(fn)(*args))  # a fori_loop with static bounds traces to a scan
-    return "while" in jaxpr or "scan" in jaxpr
+def strategy(fn, *args) -> str:
+    jaxpr = str(jax.make_jaxpr(fn)(*args))
+    if "while" in jaxpr or "scan" in jaxpr:  # a fori_loop with static bounds traces to a scan
+        return "chunked"
+    return "two_row" if "reduce_prod" in jaxpr else "fused"
+
+
+def assert_close_to_reference(got, flat, rtol=1e-5):
+    """Entry (i, j) within rtol of sqrt(G_ii G_jj), the bound of |G_ij|: entries span many orders
+    of magnitude across tasks, so a plain relative test would be meaningless for small ones."""
+    expected = reference_gram(flat)
+    bound = np.sqrt(np.outer(np.diag(expected), np.diag(expected)))
+    assert np.all(np.abs(np.asarray(got, np.float64) - expected) <= rtol * bound)
 
 
 @pytest.mark.parametrize("num_tasks", [4, 8])
@@ -37,60 +49,88 @@ def uses_loop(fn, *args) -> bool:
 def test_chunked_gram_matches_float64(num_tasks, size):
     flat = random_stack(num_tasks, size, seed=num_tasks * 7 + size % 97)
     got = np.asarray(jax.jit(lambda x: _tree._chunked_leaf_gram(x, jnp.float32))(flat))
-    expected = reference_gram(flat)
-    # Relative to the Gram's scale (entries span 12 orders of magnitude across tasks, so each
-    # entry is compared against sqrt(G_ii G_jj), the bound of |G_ij|).
-    bound = np.sqrt(np.outer(np.diag(expected), np.diag(expected)))
-    assert np.all(np.abs(got - expected) <= 1e-5 * bound)
+    assert_close_to_reference(got, flat)
     np.testing.assert_array_equal(got, got.T)
 
 
-def test_chunked_gram_of_bfloat16_accumulates_in_float32():
-    flat = random_stack(4, MIN_SIZE + 5, seed=3, dtype=jnp.bfloat16)
-    got = jax.jit(lambda x: _tree.gram_matrix([x], jnp.float32))(flat)
-    assert got.dtype == jnp.float32
-    expected = reference_gram(flat)
-    bound = np.sqrt(np.outer(np.diag(expected), np.diag(expected)))
-    assert np.all(np.abs(np.asarray(got) - expected) <= 1e-5 * bound)
+@pytest.mark.parametrize("size", [TWO_ROW_MIN, TWO_ROW_MIN + 777])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_two_row_gram_matches_float64(size, seed):
+    flat = random_stack(2, size, seed=seed * 31 + size % 89)
+    got = np.asarray(jax.jit(lambda x: _tree._two_row_leaf_gram(x, jnp.float32))(flat))
+    assert_close_to_reference(got, flat)
+    np.testing.assert_array_equal(got, got.T)
 
 
 @pytest.mark.parametrize(
-    ("num_tasks", "size", "chunked"),
+    ("second_row", "expected"),
     [
-        (2, 4 * MIN_SIZE, False),  # two tasks: the fused reduce is faster
-        (3, 4 * MIN_SIZE, False),
-        (4, MIN_SIZE - 1, False),  # too short to amortise the loop
-        (4, MIN_SIZE, True),
-        (8, 2 * MIN_SIZE + 3, True),
+        (lambda first: -first, lambda n: np.array([[n, -n], [-n, n]])),  # exactly opposite
+        (lambda first: 0 * first, lambda n: np.array([[n, 0], [0, 0]])),  # one task at rest
+        (lambda first: 1e-15 * first, lambda n: np.array([[n, 1e-15 * n], [1e-15 * n, 1e-30 * n]])),
     ],
 )
-def test_strategy_choice_and_agreement(num_tasks, size, chunked):
+def test_two_row_gram_of_degenerate_pairs(second_row, expected):
+    first = jnp.ones((TWO_ROW_MIN,), jnp.float32)
+    flat = jnp.stack([first, second_row(first)])
+    got = np.asarray(jax.jit(lambda x: _tree._two_row_leaf_gram(x, jnp.float32))(flat))
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, expected(float(TWO_ROW_MIN)), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(("num_tasks", "size"), [(4, MIN_SIZE + 5), (2, TWO_ROW_MIN + 5)])
+def test_gram_of_bfloat16_accumulates_in_float32(num_tasks, size):
+    flat = random_stack(num_tasks, size, seed=3, dtype=jnp.bfloat16)
+    got = jax.jit(lambda x: _tree.gram_matrix([x], jnp.float32))(flat)
+    assert got.dtype == jnp.float32
+    assert_close_to_reference(got, flat)
+
+
+@pytest.mark.parametrize(
+    ("num_tasks", "size", "cpu_strategy"),
+    [
+        (2, TWO_ROW_MIN - 1, "fused"),  # two tasks, small leaf: one kernel is cheaper
+        (2, TWO_ROW_MIN, "two_row"),
+        (2, TWO_ROW_MIN + 3, "two_row"),  # no block size divides it: no copy needed either
+        (3, 4 * MIN_SIZE, "fused"),
+        (4, MIN_SIZE - 1, "fused"),  # too short to amortise the loop
+        (4, MIN_SIZE, "chunked"),
+        (8, 2 * MIN_SIZE + 3, "chunked"),
+    ],
+)
+def test_strategy_choice_and_agreement(num_tasks, size, cpu_strategy):
     flat = random_stack(num_tasks, size, seed=size % 101 + num_tasks)
 
     def gram(x):
         return _tree.gram_matrix([x], jnp.float32)
 
-    # The chunk walk is for CPUs only (see `_tree._leaf_gram`).
-    assert uses_loop(gram, flat) == (chunked and jax.default_backend() == "cpu")
-    fused = jax.jit(lambda x: _tree._fused_leaf_gram(x, jnp.float32))(flat)
-    expected = reference_gram(flat)
-    bound = np.sqrt(np.outer(np.diag(expected), np.diag(expected)))
-    assert np.all(np.abs(np.asarray(jax.jit(gram)(flat)) - expected) <= 1e-5 * bound)
-    assert np.all(np.abs(np.asarray(fused) - expected) <= 1e-5 * bound)
+    # The strategies other than the fused reduction are for CPUs only (see `_tree._leaf_gram`).
+    assert strategy(gram, flat) == (cpu_strategy if ON_CPU else "fused")
+    assert_close_to_reference(jax.jit(gram)(flat), flat)
+    assert_close_to_reference(jax.jit(lambda x: _tree._fused_leaf_gram(x, jnp.float32))(flat), flat)
 
 
 def test_chunked_gram_under_vmap():
     stacks = jnp.stack([random_stack(4, MIN_SIZE + 9, seed=s) for s in range(3)])
     got = jax.jit(jax.vmap(lambda x: _tree.gram_matrix([x], jnp.float32)))(stacks)
     for one, stack in zip(np.asarray(got), stacks, strict=True):
-        expected = reference_gram(stack)
-        bound = np.sqrt(np.outer(np.diag(expected), np.diag(expected)))
-        assert np.all(np.abs(one - expected) <= 1e-5 * bound)
+        assert_close_to_reference(one, stack)
 
 
-def test_zero_and_extreme_scale_leaves_stay_finite():
-    flat = jnp.zeros((4, MIN_SIZE), jnp.float32).at[1].set(1e15).at[2].set(1e-15)
+def test_two_row_gram_under_vmap():
+    stacks = jnp.stack([random_stack(2, TWO_ROW_MIN + 9, seed=s) for s in range(3)])
+    got = jax.jit(jax.vmap(lambda x: _tree.gram_matrix([x], jnp.float32)))(stacks)
+    for one, stack in zip(np.asarray(got), stacks, strict=True):
+        assert_close_to_reference(one, stack)
+
+
+@pytest.mark.parametrize(("num_tasks", "size"), [(4, MIN_SIZE), (2, TWO_ROW_MIN)])
+def test_zero_and_extreme_scale_leaves_stay_finite(num_tasks, size):
+    flat = jnp.zeros((num_tasks, size), jnp.float32).at[-1].set(1e15).at[-2].set(1e-15)
     got = np.asarray(jax.jit(lambda x: _tree.gram_matrix([x], jnp.float32))(flat))
     assert np.all(np.isfinite(got))
-    assert got[0, 0] == 0.0
-    np.testing.assert_allclose(got[2, 2], MIN_SIZE * 1e-30, rtol=1e-5)
+    if num_tasks > 2:
+        assert got[0, 0] == 0.0
+    np.testing.assert_allclose(got[-2, -2], size * 1e-30, rtol=1e-5)
+    np.testing.assert_allclose(got[-1, -1], size * 1e30, rtol=1e-5)
+    np.testing.assert_allclose(got[-1, -2], size * 1.0, rtol=1e-5)
