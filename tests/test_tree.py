@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import camegrad_jax as cg
 from camegrad_jax import _tree
 
 CHUNK = _tree._GRAM_CHUNK
@@ -60,6 +61,17 @@ def test_two_row_gram_matches_float64(size, seed):
     got = np.asarray(jax.jit(lambda x: _tree._two_row_leaf_gram(x, jnp.float32))(flat))
     assert_close_to_reference(got, flat)
     np.testing.assert_array_equal(got, got.T)
+
+
+def test_two_row_gram_in_float64_matches_to_float64_round_off():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(5)
+        values = rng.normal(size=(2, TWO_ROW_MIN + 3)) * np.array([[1e-4], [1e4]])
+        got = jax.jit(lambda x: _tree.gram_matrix([x], jnp.float64))(jnp.asarray(values))
+        assert got.dtype == jnp.float64
+        expected = values @ values.T
+        bound = np.sqrt(np.outer(np.diag(expected), np.diag(expected)))
+        assert np.all(np.abs(np.asarray(got) - expected) <= 1e-12 * bound)
 
 
 @pytest.mark.parametrize(
@@ -134,3 +146,20 @@ def test_zero_and_extreme_scale_leaves_stay_finite(num_tasks, size):
     np.testing.assert_allclose(got[-2, -2], size * 1e-30, rtol=1e-5)
     np.testing.assert_allclose(got[-1, -1], size * 1e30, rtol=1e-5)
     np.testing.assert_allclose(got[-1, -2], size * 1.0, rtol=1e-5)
+
+
+def test_camegrad_update_does_not_depend_on_the_gram_strategy(monkeypatch):
+    grads = {"w": random_stack(2, TWO_ROW_MIN + 11, seed=17).reshape(2, -1, 1)}
+    params = {"w": jnp.zeros(grads["w"].shape[1:])}
+
+    def update():
+        tx = cg.camegrad(0.5, 1.5, 0.2, num_tasks=2)
+        updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+        return np.asarray(updates["w"]), np.asarray(state.coefficients)
+
+    with_two_row = update()
+    monkeypatch.setattr(_tree, "_TWO_ROW_MIN_SIZE", 2**62)  # force the fused reduction
+    with_fused = update()
+    np.testing.assert_allclose(with_two_row[1], with_fused[1], rtol=1e-5)
+    scale = np.max(np.abs(with_fused[0]))
+    np.testing.assert_allclose(with_two_row[0], with_fused[0], rtol=0, atol=1e-5 * scale)
