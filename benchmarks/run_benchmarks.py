@@ -60,25 +60,35 @@ import camegrad_jax as cg
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def interleaved_times(
+    contenders: dict[str, Callable[[], object]], rounds: int, shuffle_seed: int | None = None
+) -> dict[str, np.ndarray]:
+    """Each contender's times over `rounds` interleaved rounds (all run once per round, after one
+    warm-up call each), in the given order or, with `shuffle_seed`, in a new order every round:
+    whichever program runs just before another decides what is left in the caches for it."""
+    for fn in contenders.values():
+        jax.block_until_ready(fn())
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    order = list(contenders)
+    rng = None if shuffle_seed is None else np.random.default_rng(shuffle_seed)
+    for _ in range(rounds):
+        if rng is not None:
+            rng.shuffle(order)
+        for name in order:
+            start = time.perf_counter()
+            jax.block_until_ready(contenders[name]())
+            times[name].append(time.perf_counter() - start)
+    return {name: np.asarray(t) for name, t in times.items()}
+
+
 def paired_ratio(numerator: Callable[[], object], denominator: Callable[[], object], rounds: int):
     """Median over interleaved rounds of time(numerator) / time(denominator), with the medians
     of each side's times in milliseconds."""
-    jax.block_until_ready(numerator())
-    jax.block_until_ready(denominator())
-    ratios, num_times, den_times = [], [], []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        jax.block_until_ready(numerator())
-        middle = time.perf_counter()
-        jax.block_until_ready(denominator())
-        end = time.perf_counter()
-        num_times.append(middle - start)
-        den_times.append(end - middle)
-        ratios.append((middle - start) / (end - middle))
+    times = interleaved_times({"numerator": numerator, "denominator": denominator}, rounds)
     return {
-        "ratio": float(np.median(ratios)),
-        "numerator_ms": 1e3 * float(np.median(num_times)),
-        "denominator_ms": 1e3 * float(np.median(den_times)),
+        "ratio": float(np.median(times["numerator"] / times["denominator"])),
+        "numerator_ms": 1e3 * float(np.median(times["numerator"])),
+        "denominator_ms": 1e3 * float(np.median(times["denominator"])),
     }
 
 
@@ -312,28 +322,11 @@ def bench_flat(sizes: Sequence[int], task_counts: Sequence[int], rounds: Rounds)
 
 
 def interleaved_ratios(contenders: dict[str, Callable[[], object]], baseline: str, rounds: int):
-    """Median over interleaved rounds of time(contender) / time(baseline), for each contender.
-
-    The order is shuffled in every round: whichever program runs just before another decides
-    what is left in the caches for it, and a fixed order would bias the ratios.
-    """
-    for fn in contenders.values():
-        jax.block_until_ready(fn())
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    order = list(contenders)
-    shuffle = np.random.default_rng(0).shuffle
-    for _ in range(rounds):
-        shuffle(order)
-        for name in order:
-            fn = contenders[name]
-            start = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[name].append(time.perf_counter() - start)
-    base = np.asarray(times[baseline])
+    """Median over rounds of time(contender) / time(baseline), for each contender, in a shuffled
+    order every round."""
+    times = interleaved_times(contenders, rounds, shuffle_seed=0)
     return {
-        name: float(np.median(np.asarray(t) / base))
-        for name, t in times.items()
-        if name != baseline
+        name: float(np.median(t / times[baseline])) for name, t in times.items() if name != baseline
     }
 
 

@@ -91,9 +91,9 @@ def _fused_leaf_gram(flat: jax.Array, dtype: jnp.dtype) -> jax.Array:
 
 
 # Two tasks: from this many entries per task on, the two-row form below is faster on XLA:CPU
-# (measured with the benchmark's `gram` section: at K = 2 with the weighted sum, 0.7–0.85 of the
-# fused reduction's time from 5e5 to 3e7 entries; even at 2.6e5; slower below, where its extra
-# kernel costs more than the passes it saves).
+# (measured side by side, each followed by the weighted sum as in an update: 0.72–0.86 of the
+# fused reduction's time from 5e5 to 3e7 entries, even at 2.6e5, slower at 1.3e5 and below,
+# where its extra kernels cost more than the passes they save).
 _TWO_ROW_MIN_SIZE = 2**18
 
 

@@ -122,15 +122,9 @@ def test_strategy_choice_and_agreement(num_tasks, size, cpu_strategy):
     assert_close_to_reference(jax.jit(lambda x: _tree._fused_leaf_gram(x, jnp.float32))(flat), flat)
 
 
-def test_chunked_gram_under_vmap():
-    stacks = jnp.stack([random_stack(4, MIN_SIZE + 9, seed=s) for s in range(3)])
-    got = jax.jit(jax.vmap(lambda x: _tree.gram_matrix([x], jnp.float32)))(stacks)
-    for one, stack in zip(np.asarray(got), stacks, strict=True):
-        assert_close_to_reference(one, stack)
-
-
-def test_two_row_gram_under_vmap():
-    stacks = jnp.stack([random_stack(2, TWO_ROW_MIN + 9, seed=s) for s in range(3)])
+@pytest.mark.parametrize(("num_tasks", "size"), [(4, MIN_SIZE + 9), (2, TWO_ROW_MIN + 9)])
+def test_gram_under_vmap(num_tasks, size):
+    stacks = jnp.stack([random_stack(num_tasks, size, seed=s) for s in range(3)])
     got = jax.jit(jax.vmap(lambda x: _tree.gram_matrix([x], jnp.float32)))(stacks)
     for one, stack in zip(np.asarray(got), stacks, strict=True):
         assert_close_to_reference(one, stack)
@@ -157,9 +151,14 @@ def test_camegrad_update_does_not_depend_on_the_gram_strategy(monkeypatch):
         updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
         return np.asarray(updates["w"]), np.asarray(state.coefficients)
 
+    def current_strategy():  # a new function each time: make_jaxpr caches traces per function
+        return strategy(lambda x: _tree.gram_matrix([x], jnp.float32), grads["w"].reshape(2, -1))
+
     with_two_row = update()
+    assert current_strategy() == ("two_row" if ON_CPU else "fused")
     monkeypatch.setattr(_tree, "_TWO_ROW_MIN_SIZE", 2**62)  # force the fused reduction
     with_fused = update()
+    assert current_strategy() == "fused"
     np.testing.assert_allclose(with_two_row[1], with_fused[1], rtol=1e-5)
     scale = np.max(np.abs(with_fused[0]))
     np.testing.assert_allclose(with_two_row[0], with_fused[0], rtol=0, atol=1e-5 * scale)

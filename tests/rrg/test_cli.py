@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rrg_tiny import TINY_FLAGS, compilation_cache_enabled
+from rrg_tiny import TINY_FLAGS
 
 from camegrad_jax.rrg.cli import COMMANDS, main
 from camegrad_jax.rrg.data import load_dataset
@@ -17,13 +17,9 @@ from camegrad_jax.rrg.optim import available_methods
 from camegrad_jax.rrg.synthetic import SyntheticConfig, generate_synthetic
 from camegrad_jax.rrg.train import RESULTS_FILE
 
+pytestmark = pytest.mark.usefixtures("compilation_cache")
+
 LAYOUT = SyntheticConfig(num_train=64, num_val=16, num_test=16, image_size=16)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache():
-    with compilation_cache_enabled():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from rrg_tiny import (
     COMPILATION_CACHE_DIR,
     TINY_DATA_FLAGS,
     TINY_FLAGS,
-    compilation_cache_enabled,
     tiny_config,
 )
 
@@ -38,6 +37,8 @@ from camegrad_jax.rrg.experiment import build_setup, update_samples
 from camegrad_jax.rrg.stats import covariance_trace, paired_bootstrap_ci, sign_flip_p_value
 
 # Every test metric a run records (see `camegrad_jax.rrg.train.train`).
+pytestmark = pytest.mark.usefixtures("compilation_cache")
+
 TEST_METRIC_KEYS = {
     *(f"BLEU_{n}" for n in range(1, 5)),
     "METEOR",
@@ -54,12 +55,6 @@ TABLE_FILES = [f"{name}.{ext}" for name in ("table", "paired", "dynamics") for e
 TABLE_FILES += ["table.json", "paired.json", "dynamics.json"]
 FIGURES = ["cosine_hist.png", "collapse_ratio.png", "noise_trace.png", "training_curves.png"]
 SWEEP_FILES = ["sweep.md", "sweep.csv", "sweep.json", "sweep.png"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache():
-    with compilation_cache_enabled():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from rrg_tiny import compilation_cache_enabled, tiny_config
+from rrg_tiny import tiny_config
 
 import camegrad_jax as cg
 from camegrad_jax.rrg import checkpoint as ckpt
@@ -43,6 +43,8 @@ from camegrad_jax.rrg.train import (
     restore_run,
     train,
 )
+
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 NLG_KEYS = {"BLEU_1", "BLEU_2", "BLEU_3", "BLEU_4", "METEOR", "ROUGE_L"}
 CE_KEYS = {
@@ -83,12 +85,6 @@ CAMEGRAD_FIELDS = {
     "solver_error",
     "duality_gap",
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache():
-    with compilation_cache_enabled():
-        yield
 
 
 @pytest.fixture(scope="module")
