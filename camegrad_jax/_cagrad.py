@@ -114,9 +114,11 @@ def cagrad(
       Liu et al., Conflict-Averse Gradient Descent for Multi-task Learning, NeurIPS 2021.
       https://arxiv.org/abs/2110.14048
     """
-    _validation.check_non_negative(c, "c")
+    hyperparams_valid = _validation.all_valid(
+        _validation.check_non_negative(c, "c"),
+        _dual.check_solver_options(solver, solver_tol, solver_maxiter),
+    )
     _check_rescale(rescale)
-    _dual.check_solver_options(solver, solver_tol, solver_maxiter)
 
     def init_method_state(k: int) -> CAGradState:
         return CAGradState(
@@ -163,4 +165,5 @@ def cagrad(
         num_tasks=num_tasks,
         task_weights=task_weights,
         shared_mask=shared_mask,
+        hyperparams_valid=hyperparams_valid,
     )

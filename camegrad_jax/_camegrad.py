@@ -290,12 +290,14 @@ def camegrad(
       Liu et al., Conflict-Averse Gradient Descent for Multi-task Learning, NeurIPS 2021.
       https://arxiv.org/abs/2110.14048
     """
-    _validation.check_non_negative(c, "c")
-    _validation.check_non_negative(gamma, "gamma")
-    _validation.check_unit_interval(alpha, "alpha")
     _validation.check_task_weights(task_weights)
     _check_enhance(enhance)
-    _dual.check_solver_options(solver, solver_tol, solver_maxiter)
+    hyperparams_valid = _validation.all_valid(
+        _validation.check_non_negative(c, "c"),
+        _validation.check_non_negative(gamma, "gamma"),
+        _validation.check_unit_interval(alpha, "alpha"),
+        _dual.check_solver_options(solver, solver_tol, solver_maxiter),
+    )
 
     def init_method_state(k: int) -> CameGradState:
         return CameGradState(
@@ -351,6 +353,7 @@ def camegrad(
         task_weights=task_weights,
         shared_mask=shared_mask,
         perturbation=add_noise if enhance == "noise" else None,
+        hyperparams_valid=hyperparams_valid,
     )
 
 

@@ -64,12 +64,11 @@ class DualSolution(NamedTuple):
     polished: jax.Array  # () bool, whether the active-set polish was accepted.
 
 
-def check_solver_options(solver: Any, tol: Any, maxiter: Any) -> None:
+def check_solver_options(solver: Any, tol: Any, maxiter: Any) -> _validation.Verdict:
     """Validates a factory's `solver`, `solver_tol` and `solver_maxiter` arguments."""
     _validation.check_choice(solver, SOLVERS, "solver")
-    if tol is not None:
-        _validation.check_positive(tol, "solver_tol")
-    _validation.check_positive_int(maxiter, "solver_maxiter")
+    tol_ok = True if tol is None else _validation.check_positive(tol, "solver_tol")
+    return _validation.all_valid(tol_ok, _validation.check_positive_int(maxiter, "solver_maxiter"))
 
 
 def default_tolerance(dtype: jnp.dtype) -> float:
@@ -229,7 +228,11 @@ def _closed_form_direction(weights, gram, radius, centre):
     then, as in the reference CAGrad code, and `_prefer_nearest_non_conflicting` decides.
     """
     norm_sq = weights @ gram @ weights
-    degenerate = norm_sq <= 64 * jnp.finfo(gram.dtype).eps
+    # ‖g_w‖² read off G carries round-off of about eps·(Σ_i w_i‖h_i‖)²: relative to that, not
+    # to trace(G), so that a task whose gradient is 1e6 times smaller than another's still
+    # counts when w rests on it alone.
+    reach = weights @ jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+    degenerate = norm_sq <= 64 * jnp.finfo(gram.dtype).eps * reach**2
     scale = jnp.where(degenerate, 0.0, radius / jnp.sqrt(jnp.where(degenerate, 1.0, norm_sq)))
     return _centre(gram, centre) + scale * weights
 
@@ -245,7 +248,9 @@ def _prefer_nearest_non_conflicting(direction, gram, radius, centre):
     """
     eps = jnp.finfo(gram.dtype).eps
     gains = gram @ direction
-    at_zero = jnp.min(gains) <= 64 * eps * jnp.max(jnp.abs(gram) @ jnp.abs(direction))
+    # Each gain against its own round-off, eps·Σ_j |G_ij δ_j|: a task with a tiny gradient has a
+    # tiny gain that is still clearly positive.
+    at_zero = jnp.any(gains <= 64 * eps * (jnp.abs(gram) @ jnp.abs(direction)))
 
     def nearest(_):
         b = _centre(gram, centre)
@@ -267,18 +272,31 @@ def _polish(weights, gram, radius, centre):
     accepted only if it is finite, z ≥ 0, no task outside S improves by less than t, and the
     linear system was actually solved (G_SS can be singular).
     """
+    support = weights > jnp.finfo(gram.dtype).eps * jnp.max(weights)
+    return _polish_on_support(support, gram, radius, centre)
+
+
+def _polish_on_support(support, gram, radius, centre):
+    """`_polish` on a given support S (a (K,) bool mask): (valid, weights, direction)."""
     num_tasks = gram.shape[0]
     dtype = gram.dtype
     eps = jnp.finfo(dtype).eps
     centre_gain = _centre_gain(gram, centre)  # (G b)_i = <h_i, g0>
-    support = weights > eps * jnp.max(weights)
     both = support[:, None] & support[None, :]
-    # Restrict G to S, with the identity elsewhere so the system stays square.
-    restricted = jnp.where(both, gram, jnp.eye(num_tasks, dtype=dtype))
+    # Restrict G to S, with the identity elsewhere so the system stays square, and equilibrate
+    # it to the cosine matrix D⁻¹G_SS D⁻¹ (D = diag ‖h_i‖) before the pseudo-inverse: a cutoff
+    # relative to G's largest eigenvalue would discard a task whose gradient is many orders of
+    # magnitude smaller than the others', which is exactly the task Stage 1 must protect.
+    norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+    inverse_norms = jnp.where(support & (norms > 0), 1.0 / jnp.where(norms > 0, norms, 1.0), 1.0)
+    restricted = jnp.where(
+        both, gram * inverse_norms[:, None] * inverse_norms[None, :], jnp.eye(num_tasks, dtype=dtype)
+    )
     eigenvalues, eigenvectors = jnp.linalg.eigh(restricted)
     cutoff = num_tasks * eps * jnp.max(jnp.abs(eigenvalues))
     inverse = jnp.where(jnp.abs(eigenvalues) > cutoff, 1.0 / eigenvalues, 0.0)
     pinv = (eigenvectors * inverse) @ eigenvectors.T
+    pinv = pinv * inverse_norms[:, None] * inverse_norms[None, :]
     ones = jnp.where(support, 1.0, 0.0).astype(dtype)
     a = pinv @ ones
     e = pinv @ jnp.where(support, centre_gain, 0.0)
@@ -305,6 +323,30 @@ def _polish(weights, gram, radius, centre):
     z = jnp.maximum(z, 0)
     polished_weights = z / jnp.where(jnp.sum(z) > 0, jnp.sum(z), 1.0)
     return valid, polished_weights, direction
+
+
+# Up to this many tasks, a failed polish falls back to trying every support (2^K − 1 of them).
+_MAX_TASKS_ALL_SUPPORTS = 8
+
+
+def _polish_every_support(gram, radius, centre):
+    """The polish on all 2^K − 1 supports at once; of the verified ones, the best worst gain.
+
+    The iterations can miss the optimal support when the tasks' gradient norms differ by orders
+    of magnitude (the dual is then badly conditioned in w), while the equilibrated polish of
+    the right support is exact: a verified support satisfies the optimality conditions, so any
+    one of them is optimal, and the best worst-case gain only arbitrates round-off.
+    """
+    num_tasks = gram.shape[0]
+    masks = jnp.asarray(
+        [[(m >> i) & 1 for i in range(num_tasks)] for m in range(1, 2**num_tasks)], bool
+    )
+    valid, weights, directions = jax.vmap(
+        lambda support: _polish_on_support(support, gram, radius, centre)
+    )(masks)
+    worst_gains = jnp.min(directions @ gram, axis=1)
+    best = jnp.argmax(jnp.where(valid, worst_gains, -jnp.inf))
+    return valid[best], weights[best], directions[best]
 
 
 def _duality_gap(weights, direction, gram, radius, centre):
@@ -402,6 +444,13 @@ def solve_dual(
         weights, state, iterations, valid, exact_weights, exact_direction, _ = lax.while_loop(
             another_round, round_, start
         )
+        if gram.shape[0] <= _MAX_TASKS_ALL_SUPPORTS:
+            valid, exact_weights, exact_direction = lax.cond(
+                valid,
+                lambda _: (valid, exact_weights, exact_direction),
+                lambda _: _polish_every_support(gram, radius, centre),
+                None,
+            )
         weights = jnp.where(valid, exact_weights, weights)
         direction = jnp.where(
             valid, exact_direction, _closed_form_direction(weights, gram, radius, centre)

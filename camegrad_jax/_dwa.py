@@ -95,8 +95,10 @@ def dwa(
       Liu, Johns & Davison, End-to-End Multi-Task Learning with Attention, CVPR 2019.
       https://arxiv.org/abs/1803.10704 (official code: https://github.com/lorenmt/mtan)
     """
-    _validation.check_positive_int(epoch_length, "epoch_length")
-    _validation.check_positive(temperature, "temperature")
+    hyperparams_valid = _validation.all_valid(
+        _validation.check_positive_int(epoch_length, "epoch_length"),
+        _validation.check_positive(temperature, "temperature"),
+    )
 
     def init_method_state(k: int) -> DWAState:
         zeros = jnp.zeros((k,), jnp.float32)
@@ -144,4 +146,5 @@ def dwa(
         task_weights=task_weights,
         shared_mask=shared_mask,
         uses_gram=False,
+        hyperparams_valid=hyperparams_valid,
     )

@@ -132,8 +132,10 @@ def famo(
       Liu, Liu, Stone & Liu, FAMO: Fast Adaptive Multitask Optimization, NeurIPS 2023.
       https://arxiv.org/abs/2306.03792 (official code: https://github.com/Cranial-XIX/FAMO)
     """
-    _validation.check_positive(learning_rate, "learning_rate")
-    _validation.check_non_negative(weight_decay, "weight_decay")
+    hyperparams_valid = _validation.all_valid(
+        _validation.check_positive(learning_rate, "learning_rate"),
+        _validation.check_non_negative(weight_decay, "weight_decay"),
+    )
     _check_min_loss(min_loss)
     optimizer = _logits_optimizer(learning_rate, weight_decay)
 
@@ -190,4 +192,5 @@ def famo(
         task_weights=task_weights,
         shared_mask=shared_mask,
         uses_gram=False,
+        hyperparams_valid=hyperparams_valid,
     )

@@ -111,8 +111,10 @@ def gradnorm(
       Chen, Badrinarayanan, Lee & Rabinovich, GradNorm: Gradient Normalization for Adaptive Loss
       Balancing in Deep Multitask Networks, ICML 2018. https://arxiv.org/abs/1711.02257
     """
-    _validation.check_non_negative(alpha, "alpha")
-    _validation.check_positive(learning_rate, "learning_rate")
+    hyperparams_valid = _validation.all_valid(
+        _validation.check_non_negative(alpha, "alpha"),
+        _validation.check_positive(learning_rate, "learning_rate"),
+    )
 
     def init_method_state(k: int) -> GradNormState:
         return GradNormState(
@@ -160,4 +162,5 @@ def gradnorm(
         task_weights=task_weights,
         shared_mask=shared_mask,
         weight_all_leaves=True,
+        hyperparams_valid=hyperparams_valid,
     )

@@ -127,7 +127,9 @@ def mgda(
       Comptes Rendus Mathematique 2012.
     """
     _validation.check_choice(normalization, NORMALIZATIONS, "normalization")
-    _dual.check_solver_options(solver, solver_tol, solver_maxiter)
+    hyperparams_valid = _validation.all_valid(
+        _dual.check_solver_options(solver, solver_tol, solver_maxiter),
+    )
 
     def init_method_state(k: int) -> MGDAState:
         return MGDAState(
@@ -175,4 +177,5 @@ def mgda(
         num_tasks=num_tasks,
         task_weights=task_weights,
         shared_mask=shared_mask,
+        hyperparams_valid=hyperparams_valid,
     )

@@ -213,7 +213,9 @@ def mmpareto(
       ICML 2024. https://arxiv.org/abs/2405.17730
       (official code: https://github.com/GeWu-Lab/MMPareto_ICML2024)
     """
-    _validation.check_non_negative(gamma, "gamma")
+    hyperparams_valid = _validation.all_valid(
+        _validation.check_non_negative(gamma, "gamma"),
+    )
 
     def weighting(gram, method_state, weights, **extra_args):
         del extra_args
@@ -240,4 +242,5 @@ def mmpareto(
         task_weights=task_weights,
         shared_mask=shared_mask,
         leaf_scaling=magnitude,
+        hyperparams_valid=hyperparams_valid,
     )

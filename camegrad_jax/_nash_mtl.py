@@ -167,9 +167,11 @@ def nash_mtl(
       Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022.
       https://arxiv.org/abs/2202.01017
     """
-    _validation.check_non_negative(max_norm, "max_norm")
-    _validation.check_positive_int(update_weights_every, "update_weights_every")
-    _validation.check_positive_int(optim_niter, "optim_niter")
+    hyperparams_valid = _validation.all_valid(
+        _validation.check_non_negative(max_norm, "max_norm"),
+        _validation.check_positive_int(update_weights_every, "update_weights_every"),
+        _validation.check_positive_int(optim_niter, "optim_niter"),
+    )
 
     def init_method_state(k: int) -> NashMTLState:
         return NashMTLState(
@@ -227,4 +229,6 @@ def nash_mtl(
         num_tasks=num_tasks,
         task_weights=task_weights,
         shared_mask=shared_mask,
+        hyperparams_valid=hyperparams_valid,
+        gram_homogeneity=-0.5,  # Gα = 1/α: α scales like 1/‖g‖.
     )

@@ -10,6 +10,19 @@ import jax.numpy as jnp
 from jax import lax
 
 
+def _stacked_losses(losses: Any) -> Any:
+    """A tuple or list of K scalar losses as the (K,) vector; anything else unchanged."""
+    if not isinstance(losses, (tuple, list)):
+        return losses
+    shapes = [jnp.shape(loss) for loss in losses]
+    if not losses or any(shape != () for shape in shapes):
+        raise ValueError(
+            "`loss_fn` returned a tuple or list; it must hold K scalar losses, but their shapes "
+            f"are {shapes}. Return a (K,) vector, or pass `has_aux=True` for `(losses, aux)`."
+        )
+    return jnp.stack([jnp.asarray(loss) for loss in losses])
+
+
 def task_gradients(
     loss_fn: Callable[..., Any],
     params: Any,
@@ -20,8 +33,8 @@ def task_gradients(
 ) -> tuple[Any, Any]:
     r"""The K task losses and their stacked gradients, from one forward pass.
 
-    ``loss_fn(params, *args, **kwargs)`` returns a length-K vector of losses (with ``has_aux``,
-    a pair ``(losses, aux)``). The forward pass runs once; the Jacobian's K rows come from
+    ``loss_fn(params, *args, **kwargs)`` returns a length-K vector of losses, or a tuple or list
+    of K scalar losses, which are stacked (with ``has_aux``, a pair ``(losses, aux)``). The forward pass runs once; the Jacobian's K rows come from
     ``jax.vmap`` of the VJP over the K unit cotangents :math:`e_1 \dots e_K`:
 
     .. math::
@@ -53,7 +66,11 @@ def task_gradients(
     """
 
     def bound(p):
-        return loss_fn(p, *args, **kwargs)
+        out = loss_fn(p, *args, **kwargs)
+        if has_aux:
+            losses, aux = out
+            return _stacked_losses(losses), aux
+        return _stacked_losses(out)
 
     if has_aux:
         losses, pullback, aux = jax.vjp(bound, params, has_aux=True)

@@ -37,6 +37,20 @@ def task_axis_size(task_updates: PyTree, name: str = "task_updates") -> int:
     return next(iter(sizes))
 
 
+def check_floating(task_updates: PyTree, name: str) -> None:
+    """Task gradients must be real floating point: an integer update would be truncated and a
+    complex one has no meaning for the Gram-based weightings."""
+    for path, leaf in tree_flatten_with_path(task_updates)[0]:
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            where = f"leaf {keystr(path)}" if path else "the stacked gradient array"
+            raise TypeError(
+                f"{name} needs real floating-point task gradients, but {where} has "
+                f"dtype {dtype}. Differentiate with respect to floating-point parameters (cast "
+                "integer ones with `.astype(jnp.float32)`); complex gradients are not supported."
+            )
+
+
 def check_stacked_against_params(task_updates: PyTree, params: PyTree, num_tasks: int) -> None:
     """Stacked gradients must be params with a leading task axis: fail loudly, never broadcast."""
     updates_def = jax.tree.structure(task_updates)
@@ -182,6 +196,58 @@ def gram_matrix(leaves: Sequence[jax.Array], dtype: jnp.dtype) -> jax.Array:
     for leaf in leaves:
         gram = gram + _leaf_gram(leaf.reshape(num_tasks, -1), dtype)
     return gram
+
+
+def _exponent_margins(dtype: jnp.dtype) -> tuple[float, float]:
+    """(largest safe trace, smallest safe mean square) of a Gram matrix accumulated in `dtype`.
+
+    Up to the largest, no entry or partial sum can overflow (|G_ij| ≤ trace G). Above the
+    smallest, the products that underflow to 0 are < 2^-66 of the mean square (float32: they
+    are below 1.2e-38 while the mean square is ≥ 2^-59), so G keeps its relative accuracy.
+    """
+    info = jnp.finfo(dtype)
+    return 2.0 ** (info.maxexp - 28), 2.0 ** (info.minexp + 66)
+
+
+def gram_in_range(
+    leaves: Sequence[jax.Array], dtype: jnp.dtype, per_leaf: bool = False
+) -> tuple[list[jax.Array], jax.Array]:
+    """Gram matrices that neither overflow nor underflow, whatever the gradients' common scale.
+
+    Returns ``(grams, scale)`` with the true Gram matrix ``scale² · Σ grams``: one matrix over all
+    `leaves`, or with ``per_leaf`` one per leaf. Gradients of ordinary size give scale 1 and the
+    plain `gram_matrix`. Only when its trace says that float range was left (entries around
+    1e-20 or 1e19 in float32) is G formed again from the gradients divided by a power of two
+    near their largest magnitude, the way BLAS ``nrm2`` scales its sum of squares: exact
+    division, every product in range. That costs one more pass for the maximum and one for G,
+    and only then (a ``lax.cond``). NaN or inf in the gradients still gives a non-finite G.
+    """
+    num_tasks = leaves[0].shape[0]
+    groups = [[leaf] for leaf in leaves] if per_leaf else [list(leaves)]
+    grams = [gram_matrix(group, dtype) for group in groups]
+    trace = jnp.trace(sum(grams[1:], grams[0]))
+    size = sum(leaf.size // num_tasks for leaf in leaves)
+    largest, smallest = _exponent_margins(dtype)
+    in_range = jnp.isfinite(trace) & (trace <= largest) & (trace >= size * smallest)
+
+    def plain(_):
+        return grams, jnp.ones((), dtype)
+
+    def rescaled(_):
+        peak = jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)).astype(dtype) for leaf in leaves]))
+        # Zero gradients keep scale 1; a NaN peak keeps it too, and an infinite one gives
+        # inf · 0 = NaN: either way the non-finite gradients poison G.
+        exponent = jnp.where(peak > 0, jnp.floor(jnp.log2(peak)), 0.0)
+        # Two factors, as 2^-e alone overflows for subnormal gradients (e < -127 in float32).
+        half = jnp.floor(exponent / 2)
+        first, second = jnp.exp2(-half).astype(dtype), jnp.exp2(half - exponent).astype(dtype)
+        scaled = [
+            gram_matrix([leaf.astype(dtype) * first * second for leaf in group], dtype)
+            for group in groups
+        ]
+        return scaled, jnp.exp2(exponent).astype(dtype)
+
+    return jax.lax.cond(in_range, plain, rescaled, None)
 
 
 def combine(leaves: Sequence[jax.Array], coefficients: jax.Array) -> list[jax.Array]:

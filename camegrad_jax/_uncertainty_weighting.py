@@ -98,7 +98,9 @@ def uncertainty_weighting(
       Kendall, Gal & Cipolla, Multi-Task Learning Using Uncertainty to Weigh Losses for Scene
       Geometry and Semantics, CVPR 2018. https://arxiv.org/abs/1705.07115
     """
-    _validation.check_positive(learning_rate, "learning_rate")
+    hyperparams_valid = _validation.all_valid(
+        _validation.check_positive(learning_rate, "learning_rate"),
+    )
     _loss_values.check_finite(init_log_var, "init_log_var")
 
     def init_method_state(k: int) -> UncertaintyWeightingState:
@@ -124,4 +126,5 @@ def uncertainty_weighting(
         task_weights=task_weights,
         shared_mask=shared_mask,
         uses_gram=False,
+        hyperparams_valid=hyperparams_valid,
     )

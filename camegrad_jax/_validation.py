@@ -1,9 +1,11 @@
 """Hyper-parameter checks shared by every transformation.
 
-Checks run in the factory, so a bad value fails where it was written. Under
-`optax.inject_hyperparams` the numeric hyper-parameters reach the factory as traced arrays
-inside `update`; a traced value cannot be inspected, so it is checked once, concretely, when
-`init` runs, and passes through unchecked afterwards.
+Checks run in the factory, so a bad value fails where it was written: a value of the wrong type
+(a string, a bool, a complex number) raises `TypeError`, a value out of range `ValueError`, both
+naming the argument and the value. Under `optax.inject_hyperparams` the numeric hyper-parameters
+reach the factory as traced arrays inside `update`; a traced value cannot be inspected, so it is
+checked concretely when `init` runs, and afterwards its check returns a traced verdict that the
+transformation turns into a NaN update when a schedule leaves the valid range (see `Verdict`).
 """
 
 from __future__ import annotations
@@ -25,44 +27,84 @@ def _describe(value: Any) -> str:
     return repr(value)
 
 
-def check_non_negative(value: Any, name: str) -> None:
-    """Raises `ValueError` unless `value` is a finite real number ≥ 0 (or a traced array)."""
+# A check's verdict: True once a concrete value has passed (a bad one raised), or a traced bool
+# for a value that `optax.inject_hyperparams` passes as a traced array. The factory hands the
+# traced verdicts to the transformation, which poisons its update with NaN when one is False:
+# a schedule that leaves the valid range must not give a silently wrong step.
+Verdict = bool | jax.Array
+
+
+def _check_real_scalar(value: Any, name: str, expected: str) -> None:
+    """Raises `TypeError` unless `value` is a real number: a Python or NumPy int/float, or a 0-d
+    array of a real numeric dtype (bools, strings and complex numbers are refused by name)."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None:
+        ok = np.ndim(value) == 0 and (
+            jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+        )
+    else:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok:
+        raise TypeError(
+            f"Parameter `{name}` should be {expected}. Found `{name} = {_describe(value)}` of "
+            f"type {type(value).__name__}."
+        )
+
+
+def check_non_negative(value: Any, name: str) -> Verdict:
+    """Raises unless `value` is a finite real number ≥ 0; see `Verdict` for traced values."""
+    _check_real_scalar(value, name, "a finite non-negative float")
     if is_traced(value):
-        return
-    if np.ndim(value) != 0 or not np.isfinite(value) or value < 0:
+        return jnp.isfinite(value) & (value >= 0)
+    if not np.isfinite(value) or value < 0:
         raise ValueError(
             f"Parameter `{name}` should be a finite non-negative float. "
             f"Found `{name} = {_describe(value)}`."
         )
+    return True
 
 
-def check_positive(value: Any, name: str) -> None:
+def check_positive(value: Any, name: str) -> Verdict:
+    _check_real_scalar(value, name, "a finite positive float")
     if is_traced(value):
-        return
-    if np.ndim(value) != 0 or not np.isfinite(value) or value <= 0:
+        return jnp.isfinite(value) & (value > 0)
+    if not np.isfinite(value) or value <= 0:
         raise ValueError(
             f"Parameter `{name}` should be a finite positive float. "
             f"Found `{name} = {_describe(value)}`."
         )
+    return True
 
 
-def check_unit_interval(value: Any, name: str) -> None:
+def check_unit_interval(value: Any, name: str) -> Verdict:
+    _check_real_scalar(value, name, "a float in [0, 1]")
     if is_traced(value):
-        return
-    if np.ndim(value) != 0 or not (0.0 <= value <= 1.0):
+        return (value >= 0) & (value <= 1)
+    if not (0.0 <= value <= 1.0):
         raise ValueError(
             f"Parameter `{name}` should be a float in [0, 1]. Found `{name} = {_describe(value)}`."
         )
+    return True
 
 
-def check_positive_int(value: Any, name: str) -> None:
-    """Raises `ValueError` unless `value` is a positive integer (or a traced array)."""
+def check_positive_int(value: Any, name: str) -> Verdict:
+    """Raises unless `value` is a positive integer; see `Verdict` for traced values."""
+    _check_real_scalar(value, name, "a positive integer")
     if is_traced(value):
-        return
-    if isinstance(value, bool) or np.ndim(value) != 0 or int(value) != value or value < 1:
+        return value >= 1
+    if int(value) != value or value < 1:
         raise ValueError(
             f"Parameter `{name}` should be a positive integer. Found `{name} = {_describe(value)}`."
         )
+    return True
+
+
+def all_valid(*verdicts: Verdict) -> Verdict:
+    """The conjunction of check verdicts: True when every value was concrete."""
+    traced = [v for v in verdicts if v is not True]
+    if not traced:
+        return True
+    return jnp.all(jnp.stack([jnp.asarray(v, bool) for v in traced]))
 
 
 def check_choice(value: Any, choices: tuple, name: str) -> None:
@@ -93,19 +135,15 @@ def check_task_weights(task_weights: Any, name: str = "task_weights") -> None:
 
 
 def resolve_num_tasks(num_tasks: Any, task_weights: Any) -> int | None:
-    """The number of tasks implied by `num_tasks` and `task_weights`, checked for agreement.
+    """The number of tasks implied by `num_tasks` and `task_weights`, checked for agreement;
+    None when neither gives it (the state is then sized by the first stacked gradients).
 
-    Called when the state is built: under `optax.inject_hyperparams` an integer `num_tasks`
-    arrives as a (concrete) array there.
+    Under `optax.inject_hyperparams` an integer `num_tasks` arrives as an array, traced when
+    `init` itself is jitted: it then counts as unknown, like an absent one.
     """
     from_weights = None if task_weights is None else int(np.shape(task_weights)[0])
-    if num_tasks is None:
+    if num_tasks is None or is_traced(num_tasks):
         return from_weights
-    if is_traced(num_tasks):
-        raise ValueError(
-            "Parameter `num_tasks` sizes the optimizer state and must be concrete when `init` "
-            "runs; under `optax.inject_hyperparams` with a jitted init, pass it in `static_args`."
-        )
     check_positive_int(num_tasks, "num_tasks")
     num_tasks = int(num_tasks)
     if from_weights is not None and from_weights != num_tasks:
