@@ -62,18 +62,14 @@ SENTENCES = [
     # lung opacity
     ("Patchy opacity in the right lower lobe.", {"lung_opacity": P}),
     ("No focal infiltrate.", {"lung_opacity": N, NF: P}),
-    (
-        "The lungs are clear.",
-        {"lung_opacity": N, "consolidation": N, "edema": N, "pneumonia": N, NF: P},
-    ),
-    (
-        "The lungs are clear except for mild bibasilar atelectasis.",
-        {"lung_opacity": N, "consolidation": N, "edema": N, "pneumonia": N, "atelectasis": P},
-    ),
+    # CheXpert gives "the lungs are clear" no label (`lungs_clear_negates` is off by default).
+    ("The lungs are clear.", {NF: P}),
+    ("The lungs are clear except for mild bibasilar atelectasis.", {"atelectasis": P}),
     # lung lesion
     ("A 1.5 cm nodule in the right upper lobe.", {"lung_lesion": P}),
     ("Questionable nodule in the right mid lung.", {"lung_lesion": U}),
-    ("Lytic lesion in the proximal humerus.", {NF: P}),  # not a lung lesion
+    # Not a lung lesion, but abnormal: an unrecognised statement leaves no_finding blank.
+    ("Lytic lesion in the proximal humerus.", {}),
     # edema
     ("Moderate pulmonary edema.", {"edema": P}),
     ("Mild pulmonary vascular congestion.", {"edema": U}),  # CheXpert: congestion is uncertain
@@ -111,7 +107,8 @@ SENTENCES = [
     ("Pneumothorax is no longer visualized.", {"pneumothorax": N, NF: P}),
     ("No pneumothorax, small left effusion.", {"pneumothorax": N, "pleural_effusion": P}),
     ("Possible small left effusion.", {"pleural_effusion": U}),
-    ("Blunting of the left costophrenic angle.", {"pleural_effusion": P}),
+    # CheXpert: blunting alone is an uncertain effusion (fluid or scarring).
+    ("Blunting of the left costophrenic angle.", {"pleural_effusion": U}),
     ("No significant change in the small left effusion.", {"pleural_effusion": P}),
     ("No pericardial effusion.", {NF: P}),  # not a pleural effusion
     # pleural other, fracture
@@ -124,7 +121,9 @@ SENTENCES = [
     ("Interval removal of the right chest tube.", {"support_devices": N, NF: P}),
     ("The NG tube has been removed.", {"support_devices": N, NF: P}),
     ("The trachea is midline.", {NF: P}),
-    ("The visceral pleural line is seen at the right apex.", {NF: P}),  # not a device line
+    # Not a device line; what it does say (a pneumothorax's edge) is not recognised, so
+    # no_finding stays blank.
+    ("The visceral pleural line is seen at the right apex.", {}),
     (
         "There is no evidence of pneumothorax, and the chest tube remains in place.",
         {"pneumothorax": N, "support_devices": P, NF: P},
@@ -173,20 +172,23 @@ def test_multi_sentence_report_full_vector():
     np.testing.assert_array_equal(label_reports([report])[0], expected)
 
 
-def test_normal_report_full_vector():
+@pytest.mark.parametrize("lungs_clear_negates", [False, True])
+def test_normal_report_full_vector(lungs_clear_negates):
     report = (
         "The lungs are clear. Heart size is normal. The mediastinal contours are unremarkable. "
         "No pleural effusion or pneumothorax. No acute osseous abnormality."
     )
-    labels = dict(zip(OBSERVATIONS, label_reports([report])[0].tolist(), strict=True))
+    labelled = label_reports([report], lungs_clear_negates=lungs_clear_negates)[0]
+    labels = dict(zip(OBSERVATIONS, labelled.tolist(), strict=True))
+    cleared = N if lungs_clear_negates else BLANK  # what "the lungs are clear" says
     assert labels == {
         "enlarged_cardiomediastinum": N,
         "cardiomegaly": N,
-        "lung_opacity": N,
+        "lung_opacity": cleared,
         "lung_lesion": BLANK,
-        "edema": N,
-        "consolidation": N,
-        "pneumonia": N,
+        "edema": cleared,
+        "consolidation": cleared,
+        "pneumonia": cleared,
         "atelectasis": BLANK,
         "pneumothorax": N,
         "pleural_effusion": N,
