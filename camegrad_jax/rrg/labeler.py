@@ -665,7 +665,7 @@ def correct_spelling(word: str) -> str:
       >>> correct_spelling("pnuemothorax"), correct_spelling("enema")
       ('pneumothorax', 'enema')
     """
-    if len(word) < 4 or word in _SPELLING_FORMS or word in _NOT_MISSPELLINGS:
+    if len(word) < 5 or word in _SPELLING_FORMS or word in _NOT_MISSPELLINGS:
         return word
     best, best_distance, tied = word, None, False
     for form in _SPELLING_FORMS:
@@ -1092,6 +1092,11 @@ class LabelerAgreement:
         NaN where neither side has a positive (F1 is undefined there).
       positive_support: ``(14,)`` number of gold positives per observation.
       overall_accuracy: fraction of all ``N × 14`` labels that match.
+      nonblank_agreement: fraction of matching labels among the cells where either side is not
+        blank, ``|{pred = gold ≠ blank}| / |{pred ≠ blank or gold ≠ blank}|``: a missed label
+        (gold stated, predicted blank or different) and a spurious one (gold blank, predicted
+        stated) both count against it, and cells both sides leave blank, which dominate
+        ``overall_accuracy``, do not count for it. NaN when every cell is blank on both sides.
       exact_match: fraction of reports whose 14 labels all match.
       positive_f1_macro: mean of the defined entries of ``positive_f1``.
       positive_f1_micro: positive-class F1 with TP/FP/FN pooled over all observations.
@@ -1101,6 +1106,7 @@ class LabelerAgreement:
     positive_f1: np.ndarray
     positive_support: np.ndarray
     overall_accuracy: float
+    nonblank_agreement: float
     exact_match: float
     positive_f1_macro: float
     positive_f1_micro: float
@@ -1110,6 +1116,7 @@ class LabelerAgreement:
         ``positive_f1/<obs>`` per observation."""
         flat = {
             "overall_accuracy": self.overall_accuracy,
+            "nonblank_agreement": self.nonblank_agreement,
             "exact_match": self.exact_match,
             "positive_f1_macro": self.positive_f1_macro,
             "positive_f1_micro": self.positive_f1_micro,
@@ -1131,6 +1138,7 @@ class LabelerAgreement:
             f"| **overall** | {self.overall_accuracy:.3f} | macro {self.positive_f1_macro:.3f}"
             f" / micro {self.positive_f1_micro:.3f} | {int(self.positive_support.sum())} |"
         )
+        rows.append(f"| **non-blank cells** | {self.nonblank_agreement:.3f} | | |")
         return "\n".join(rows)
 
 
@@ -1155,7 +1163,7 @@ def labeler_agreement(predicted: np.ndarray, gold: np.ndarray) -> LabelerAgreeme
 
     Returns:
       A `LabelerAgreement`: per-observation 4-way accuracy and positive-class F1, and overall
-      accuracy, exact match and macro / micro positive F1.
+      accuracy, agreement on non-blank cells, exact match and macro / micro positive F1.
     """
     predicted = check_labels(predicted, "predicted")
     gold = check_labels(gold, "gold")
@@ -1176,11 +1184,13 @@ def labeler_agreement(predicted: np.ndarray, gold: np.ndarray) -> LabelerAgreeme
     pooled = tp.sum() + 0.5 * (fp.sum() + fn.sum())
     defined = positive_f1[~np.isnan(positive_f1)]
     equal = predicted == gold
+    stated = (predicted != BLANK) | (gold != BLANK)
     return LabelerAgreement(
         accuracy=equal.mean(0),
         positive_f1=positive_f1,
         positive_support=gold_pos.sum(0),
         overall_accuracy=float(equal.mean()),
+        nonblank_agreement=float(equal[stated].mean()) if stated.any() else float("nan"),
         exact_match=float(equal.all(1).mean()),
         positive_f1_macro=float(defined.mean()) if defined.size else float("nan"),
         positive_f1_micro=float(tp.sum() / pooled) if pooled > 0 else float("nan"),

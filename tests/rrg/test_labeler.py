@@ -289,12 +289,15 @@ def test_labeler_agreement_hand_computed():
     assert np.isnan(agreement.positive_f1[1:]).all()  # F1 undefined without positives
     assert agreement.positive_support.tolist() == [2] + [0] * 13
     assert agreement.overall_accuracy == pytest.approx(54 / 56)
+    # Non-blank cells: column 0 has 4 (r2 is blank only on the gold side), column 1 has 1;
+    # the mismatches are r1 (missed) and r2 (spurious).
+    assert agreement.nonblank_agreement == pytest.approx(3 / 5)
     assert agreement.exact_match == pytest.approx(2 / 4)
     assert agreement.positive_f1_macro == pytest.approx(0.5)
     assert agreement.positive_f1_micro == pytest.approx(0.5)
     flat = agreement.as_dict()
     assert flat["accuracy/enlarged_cardiomediastinum"] == pytest.approx(0.5)
-    assert len(flat) == 4 + 2 * NUM_OBSERVATIONS
+    assert len(flat) == 5 + 2 * NUM_OBSERVATIONS
     assert "| cardiomegaly | 1.000 | n/a | 0 |" in agreement.table()
 
 
