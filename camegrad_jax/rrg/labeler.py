@@ -26,7 +26,7 @@ granuloma, scoliosis, ...), and every sentence that mentions nothing is either a
 negative statement ("no", "normal", "clear", "intact", ...) or only describes the examination
 (views, comparison, technique, rotation, lung volumes). Any other sentence ("tortuous aorta",
 "hilar fullness") may state an abnormality the tables do not know, so ``no_finding`` is then
-blank, never positive by default; CheXpert never labels it negative.
+blank rather than positive; CheXpert never labels it negative.
 
 Report language is normalised first: the abbreviations radiologists use (PTX, PNA, CHF, RLL ...
 LUL, ETT, NGT, OGT, IJ, SVC, CVC, b/l, c/w, s/p) are spelled out, a "?" becomes "query", and a
@@ -788,19 +788,17 @@ def _chains(clause: str, mentions: list[_Mention]) -> tuple[list[int], list[bool
     alternative = [False] * len(mentions)
     for group in set(group_of):
         members = [i for i, g in enumerate(group_of) if g == group]
-        inner = [links[i - 1] for i in members[1:]]
-        if not any(link[2] for link in inner):
-            continue
-        serial = any(link[1] and link[3] for link in inner)
-        first = members[0]
+        serial = any(links[i - 1][1] and links[i - 1][3] for i in members[1:])
+        segments = [[members[0]]]
         for i in members[1:]:
             _, conjunction, _, comma = links[i - 1]
             if comma and not conjunction and not serial:
-                first = i  # an appositive boundary: what precedes it is not an alternative
-        tail = [i for i in members if i >= first]
-        if any(links[i - 1][2] for i in tail[1:]):
-            for i in tail:
-                alternative[i] = True
+                segments.append([])  # an appositive boundary
+            segments[-1].append(i)
+        for segment in segments:
+            if any(links[i - 1][2] for i in segment[1:]):
+                for i in segment:
+                    alternative[i] = True
     return group_of, alternative
 
 
