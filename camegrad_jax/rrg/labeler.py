@@ -11,13 +11,28 @@ them), then classifies each mention with CheXpert's order of rules:
 4. otherwise: positive.
 
 NegBio's dependency-graph patterns are replaced by cue windows: a cue reaches the mentions after
-it (forward cues) or the subject before it (backward cues, e.g. "... has resolved") within one
-clause, stopping at a comma or a verb; lists joined by commas and "and"/"or" ("no effusion,
-pneumothorax, or consolidation") share one scope. Mentions of one observation are aggregated as
-CheXpert does: positive > uncertain > negative > blank. ``no_finding`` is positive when the report
-is not empty and nothing but support devices is positive or uncertain, including the other
-abnormalities CheXpert tracks for this purpose (emphysema, granuloma, scoliosis, ...); otherwise it
-is blank (CheXpert never labels it negative).
+it (forward cues) or the subject before it (backward cues, e.g. "... has resolved", "... is no
+longer seen") within one clause, stopping at a comma or a verb; a hedge that closes a statement
+("X, if any", "X, if present", "X?") reaches back across commas. Lists joined by commas and
+"and"/"or" ("no effusion, pneumothorax, or consolidation") share one scope, on the cue's side of
+it. "Or"/"versus" make their members uncertain, but not a head set off before them by a comma:
+in "opacity, scarring versus pneumonia" the opacity is positive and the pneumonia uncertain.
+Mentions of one observation are aggregated as CheXpert does: positive > uncertain > negative >
+blank.
+
+``no_finding`` is positive when the report is not empty, nothing but support devices is positive
+or uncertain (including the other abnormalities CheXpert tracks for this purpose: emphysema,
+granuloma, scoliosis, ...), and every sentence that mentions nothing is either a normal or
+negative statement ("no", "normal", "clear", "intact", ...) or only describes the examination
+(views, comparison, technique, rotation, lung volumes). Any other sentence ("tortuous aorta",
+"hilar fullness") may state an abnormality the tables do not know, so ``no_finding`` is then
+blank rather than positive; CheXpert never labels it negative.
+
+Report language is normalised first: the abbreviations radiologists use (PTX, PNA, CHF, RLL ...
+LUL, ETT, NGT, OGT, IJ, SVC, CVC, b/l, c/w, s/p) are spelled out, a "?" becomes "query", and a
+misspelled observation term is read as the term (`correct_spelling`: Damerau-Levenshtein
+distance at most 1 for words of 5-9 letters and 2 from 10 letters, same first letter, unique
+nearest term; the tests check that forms of different terms lie further apart than that).
 
 Deliberate choices, each also stated where it is coded:
 
@@ -27,8 +42,12 @@ Deliberate choices, each also stated where it is coded:
   "unchanged" uncertain, CheXpert's rule). Without a qualifier they are not mentions. A normal
   "cardiomediastinal silhouette" is also a negative cardiomegaly mention (CheXpert labels only
   enlarged cardiomediastinum); an enlarged one stays enlarged cardiomediastinum only.
-* "The lungs are clear" negates lung opacity, consolidation, edema and pneumonia (CheXpert
-  itself has no such rule; a clear-lung statement excludes those airspace processes).
+* "The lungs are clear" labels nothing, as in CheXpert. With ``lungs_clear_negates=True`` it
+  negates lung opacity, consolidation, edema and pneumonia, the convention of this project's
+  synthetic gold labels (a clear-lung statement excludes those airspace processes).
+* Blunting of a costophrenic angle is an uncertain effusion (CheXpert's rule: fluid or
+  scarring). A device "withdrawn" is pulled back, not removed; "tip not seen below the
+  diaphragm" is about the tip's position, not the device's presence.
 * "Vascular congestion", "pulmonary congestion", "vascular prominence", "indistinctness" and
   "cephalization" are uncertain edema, and a positive or uncertain "heart failure"/"CHF" adds an
   uncertain cardiomegaly, both as CheXpert does.
@@ -37,7 +56,10 @@ Deliberate choices, each also stated where it is coded:
 * An empty report gets all blanks (CheXpert would call it "no finding").
 
 `CheXbertLabeler` runs the user's CheXbert checkpoint (Smit et al., 2020) when PyTorch and
-transformers are installed; neither is a dependency of this package.
+transformers are installed; neither is a dependency of this package, and nothing is downloaded.
+
+Agreement with 181 hand-labelled sentences and short reports in MIMIC-CXR / IU X-Ray style
+(``tests/rrg/fixtures/labeler_gold.jsonl``) is measured by ``tests/rrg/test_labeler_gold.py``.
 
 References:
   Irvin et al., "CheXpert", AAAI 2019, https://arxiv.org/abs/1901.07031 (labeler:
@@ -47,6 +69,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -141,9 +164,6 @@ _FINDING_PHRASES: dict[int, tuple[str, ...]] = {
         r"pleural fluid",
         r"fluid",
         r"hydropneumothora(?:x|ces)",
-        r"blunt(?:ing|ed) of the (?:\w+ )?costophrenic (?:angles?|sulc(?:us|i))",
-        r"blunted (?:\w+ )?costophrenic (?:angles?|sulc(?:us|i))",
-        r"costophrenic (?:angles?|sulc(?:us|i)) (?:(?:is|are) )?(?:\w+ )?blunt(?:ed|ing)",
     ),
     _INDEX["pleural_other"]: (
         r"pleural (?:thickening|scar(?:ring|s)?|plaques?|calcifications?|fibrosis)",
@@ -248,6 +268,12 @@ _UNCERTAIN_FINDING_PHRASES: dict[int, tuple[str, ...]] = {
         r"indistinctness",
         r"cephalization",
     ),
+    # CheXpert: blunting of the costophrenic angle is an uncertain effusion (fluid or scarring).
+    _INDEX["pleural_effusion"]: (
+        r"blunt(?:ing|ed) of the (?:\w+ )?costophrenic (?:angles?|sulc(?:us|i))",
+        r"blunted (?:\w+ )?costophrenic (?:angles?|sulc(?:us|i))",
+        r"costophrenic (?:angles?|sulc(?:us|i)) (?:(?:is|are) )?(?:\w+ )?blunt(?:ed|ing)",
+    ),
 }
 
 # Labelled only through a qualifier such as "enlarged" or "normal" (see `_QUALIFIER`).
@@ -341,6 +367,9 @@ _HEART_FAILURE = re.compile(r"heart failure|chf")
 # ("no effusion"), backward cues the subject before them ("effusion has resolved").
 # ---------------------------------------------------------------------------------------------
 _FORWARD, _BACKWARD, _BOTH = 1, 2, 3
+# A hedge that closes its clause ("X, if any") reaches every mention before it in the clause,
+# across commas: it qualifies the whole statement, not one noun phrase.
+_TRAILING = 4
 _COPULA = r"(?:is|are|was|were|appears?|remains?|looks?|seems?)"
 _CONDITION_ADVERBS = r"(?: (?:now|again|still|otherwise|grossly|essentially|overall|entirely))*"
 _SEEN = (
@@ -354,6 +383,8 @@ def _cues(direction: int, *alternatives: str) -> tuple[int, re.Pattern[str]]:
         # The copula belongs to the cue, so it does not stop the cue's reach: "pneumonia is
         # not excluded".
         pattern = rf"(?:(?:is|are|was|were|has been|have been) )?(?:{pattern})"
+    if direction & _TRAILING:
+        pattern = rf"(?:{pattern})(?=\s*(?:[,.]|$))"
     return direction, re.compile(rf"\b(?:{pattern})\b")
 
 
@@ -376,9 +407,10 @@ _PRE_NEGATION_UNCERTAINTY = (
 _NEGATION = (
     _cues(
         _FORWARD,
-        # Not "no longer" (a backward cue), nor "no change": "no change in the effusion" keeps it.
+        # "No change in the effusion" keeps the effusion; "no longer" has its own entry.
         r"no(?! longer\b)(?! (?:(?:significant|appreciable|interval|substantial|definite) )*"
         r"change)",
+        r"no longer",
         r"without(?! (?:(?:significant|appreciable|interval) )*change)",
         r"not",
         r"nor",
@@ -402,7 +434,7 @@ _NEGATION = (
     _cues(
         _BOTH,
         r"(?:(?:has|have|had) )?(?:been )?(?:(?:since|now|completely|nearly|largely|entirely) )?"
-        r"(?:resolved|cleared|removed|withdrawn)",
+        r"(?:resolved|cleared|removed)",
         r"absent",
         r"ruled out",
     ),
@@ -451,7 +483,9 @@ _POST_NEGATION_UNCERTAINTY = (
         r"consider(?:ed)?",
         r"correlat\w+ (?:clinically )?for",
         r"borderline",
+        r"query",  # also what a "?" before a finding becomes (see `_normalize`)
     ),
+    _cues(_TRAILING, r"if (?:any|present|real)", r"query"),
     _cues(
         _BACKWARD,
         # "X is likely" but not "X is likely Y": the cue must close the clause.
@@ -468,6 +502,7 @@ _POST_NEGATION_UNCERTAINTY = (
 # object ("may represent atelectasis") stop only backward cues.
 _VERB = re.compile(r"\b(?:is|are|was|were|has|have|had|seen|noted|present|identified)\b")
 _SUBJECT_VERB = re.compile(r"\b(?:demonstrated|shows?|represents?|reflects?|suggests?)\b")
+_TIP = re.compile(r"\btips?\b")
 
 # "X is enlarged" / "normal X" for attribute mentions, nearest qualifier wins.
 _QUALIFIER = re.compile(
@@ -502,7 +537,8 @@ _CHAIN_BREAKERS = frozenset(
 )
 _GAP_TOKEN = re.compile(r"[a-z0-9]+|[,/]")
 
-# "The lungs are clear" negates the airspace processes (not a CheXpert rule; see module doc).
+# With ``lungs_clear_negates=True``, "the lungs are clear" negates the airspace processes. Off
+# by default: CheXpert has no such rule (see the module docstring).
 _LUNGS_CLEAR = re.compile(
     r"\blungs? (?:fields? )?(?:(?:are|is|appear|appears|remain|remains|now|otherwise|again"
     r"|grossly|essentially|both|bilaterally|well expanded and|well aerated and|expanded and"
@@ -512,6 +548,25 @@ _CLEAR_LUNGS_NEGATE = tuple(
     _INDEX[name] for name in ("lung_opacity", "consolidation", "edema", "pneumonia")
 )
 
+# A sentence that mentions no observation still leaves `no_finding` positive when it states
+# something normal or negative ...
+_NORMAL_STATEMENT = re.compile(
+    r"\b(?:no(?! (?:(?:significant|appreciable|interval|substantial) )*change)|not|without"
+    r"|negative|normal(?:ly)?|unremarkable|clear|intact|midline)\b"
+)
+# ... or only describes the examination; any other words state something the rule tables do not
+# recognise ("tortuous aorta", "hilar fullness", "cardiomgaly"), which may be abnormal, so
+# `no_finding` is left blank rather than called normal.
+_NEUTRAL_WORDS = frozenset(
+    "a an the and or of to in on at with from for by as is are was were be been being has have "
+    "had this that these those there it its single one two three frontal lateral pa ap view "
+    "views portable upright supine semi erect chest radiograph radiographs radiography film "
+    "films exam examination study studies image images comparison compared prior previous "
+    "earlier recent made available none technique limited due patient rotation rotated "
+    "positioning inspiration inspiratory expiration penetration low lung lungs volume volumes "
+    "findings impression indication history clinical reason obtained performed provided again "
+    "also since now today dated date left right bilateral stable unchanged appearance".split()
+)
 _SENTENCE_END = re.compile(r"\.(?!\d)|(?<!\d)\.|[!?\n]")
 _CLAUSE_BOUNDARY = re.compile(
     r"[;:]|\b(?:but|however|although|though|whereas|while|which|except|aside from|apart from"
@@ -530,8 +585,134 @@ class _Mention:
     text: str
 
 
+# Abbreviations as radiologists write them, spelled out before mentions are matched.
+_ABBREVIATIONS = {
+    "ptx": "pneumothorax",
+    "pna": "pneumonia",
+    "chf": "congestive heart failure",
+    "rll": "right lower lobe",
+    "rml": "right middle lobe",
+    "rul": "right upper lobe",
+    "lll": "left lower lobe",
+    "lul": "left upper lobe",
+    "ett": "endotracheal tube",
+    "ngt": "nasogastric tube",
+    "ogt": "orogastric tube",
+    "ij": "internal jugular",
+    "svc": "superior vena cava",
+    "cvc": "central venous catheter",
+    "cxr": "chest radiograph",
+    "b/l": "bilateral",
+    "c/w": "consistent with",
+    "s/p": "status post",
+    "w/o": "without",
+    "r/o": "rule out",
+}
+_ABBREVIATION = re.compile(
+    r"(?<![\w/])(?:" + "|".join(re.escape(a) for a in _ABBREVIATIONS) + r")(?![\w/])"
+)
+# "? pneumonia" and "pneumonia?" both question the finding: the first becomes a forward
+# "query", the second a clause-closing one.
+_QUESTION_AFTER = re.compile(r"(?<=[a-z0-9])\?")
+_QUESTION_BEFORE = re.compile(r"\?\s*(?=[a-z])")
+
+# Misspellings. A word outside this vocabulary is read as the vocabulary word it is closest to
+# when the Damerau-Levenshtein distance (insertions, deletions, substitutions, transpositions of
+# neighbours) is within `_spelling_bound` of that word, the first letters agree, and no other
+# vocabulary word is as close. Words are grouped by term; the tests check that forms of
+# different terms lie further apart than the bound, so a correction cannot turn one finding
+# into another.
+SPELLING_VOCABULARY: dict[str, tuple[str, ...]] = {
+    "pneumothorax": ("pneumothorax", "pneumothoraces", "hydropneumothorax"),
+    "effusion": ("effusion", "effusions"),
+    "pleural": ("pleural", "pleura"),
+    "consolidation": ("consolidation", "consolidations", "consolidative", "consolidated"),
+    "atelectasis": ("atelectasis", "atelectases", "atelectatic"),
+    "cardiomegaly": ("cardiomegaly",),
+    "pneumonia": ("pneumonia", "pneumonias"),
+    "opacity": ("opacity", "opacities", "opacification", "opacified"),
+    "edema": ("edema", "oedema"),
+    "infiltrate": ("infiltrate", "infiltrates", "infiltrated", "infiltration"),
+    "fracture": ("fracture", "fractures", "fractured"),
+    "silhouette": ("silhouette", "silhouettes"),
+    "mediastinum": ("mediastinum", "mediastinal"),
+    "cardiomediastinal": ("cardiomediastinal",),
+    "nodule": ("nodule", "nodules"),
+    "costophrenic": ("costophrenic",),
+    "interstitial": ("interstitial",),
+    "enlarged": ("enlarged", "enlargement"),
+    "endotracheal": ("endotracheal",),
+    "nasogastric": ("nasogastric",),
+    "catheter": ("catheter", "catheters"),
+    "pacemaker": ("pacemaker", "pacemakers"),
+    "congestion": ("congestion",),
+}
+_SPELLING_FORMS = frozenset(f for forms in SPELLING_VOCABULARY.values() for f in forms)
+# Correctly spelled words one edit from a vocabulary word; they are never corrected.
+_NOT_MISSPELLINGS = frozenset({"enema", "plural", "interstitium", "engorged"})
+
+
+def _spelling_bound(word: str) -> int:
+    """Edits tolerated in a misspelling of ``word``: none below five letters (too many real
+    words lie one edit apart), one up to nine letters, two from ten letters."""
+    return 0 if len(word) < 5 else 1 if len(word) < 10 else 2
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Damerau-Levenshtein distance (optimal string alignment): the fewest insertions,
+    deletions, substitutions and transpositions of neighbouring letters that turn ``a`` into
+    ``b``, no substring edited twice.
+
+    Examples:
+      >>> edit_distance("effusion", "effusoin"), edit_distance("edema", "oedema")
+      (1, 1)
+    """
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        current = [i] + [0] * len(b)
+        for j, cb in enumerate(b, start=1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        previous2, previous = previous, current
+    return previous[-1]
+
+
+@functools.lru_cache(maxsize=65536)
+def correct_spelling(word: str) -> str:
+    """The vocabulary word that ``word`` misspells (see `SPELLING_VOCABULARY`), else ``word``.
+
+    Examples:
+      >>> correct_spelling("pnuemothorax"), correct_spelling("enema")
+      ('pneumothorax', 'enema')
+    """
+    if len(word) < 5 or word in _SPELLING_FORMS or word in _NOT_MISSPELLINGS:
+        return word
+    best, best_distance, tied = word, None, False
+    for form in _SPELLING_FORMS:
+        if form[0] != word[0] or abs(len(form) - len(word)) > _spelling_bound(form):
+            continue
+        distance = edit_distance(word, form)
+        if distance > _spelling_bound(form):
+            continue
+        if best_distance is None or distance < best_distance:
+            best, best_distance, tied = form, distance, False
+        elif distance == best_distance:
+            tied = True
+    return word if tied else best
+
+
+def _correct_spelling(text: str) -> str:
+    return re.sub(r"[a-z]+", lambda m: correct_spelling(m.group()), text)
+
+
 def _normalize(report: str) -> str:
     text = report.lower().replace("\u2019", "'")
+    text = _ABBREVIATION.sub(lambda m: _ABBREVIATIONS[m.group()], text)
+    text = _QUESTION_AFTER.sub(" query.", text)
+    text = _QUESTION_BEFORE.sub("query ", text)
+    text = _correct_spelling(text)
     text = re.sub(r"\bcan(?:'t|t| not)\b", "cannot", text)
     text = re.sub(
         r"\b(is|are|was|were|does|do|did|could|would|has|have|had)n'?t\b", r"\1 not", text
@@ -567,8 +748,8 @@ def _find_mentions(clause: str) -> list[_Mention]:
 
 
 def _chains(clause: str, mentions: list[_Mention]) -> tuple[list[int], list[bool]]:
-    """Groups listed mentions ("A, B, or C"); returns each mention's group and, per group,
-    whether its members are alternatives ("or", "versus", "/")."""
+    """Groups listed mentions ("A, B, or C"); returns each mention's group and, per mention,
+    whether it is one of alternatives ("or", "versus", "/")."""
     # One link per gap between consecutive mentions: (linked, conjunction, alternative, comma).
     links = []
     reach = mentions[0].end
@@ -597,14 +778,28 @@ def _chains(clause: str, mentions: list[_Mention]) -> tuple[list[int], list[bool
         start = stop + 1
 
     group_of = [0]
-    alternatives = [False]
-    for (_, _, alternative, _), join in zip(links, joined, strict=True):
-        if join:
-            alternatives[-1] = alternatives[-1] or alternative
-        else:
-            alternatives.append(False)
-        group_of.append(len(alternatives) - 1)
-    return group_of, alternatives
+    for join in joined:
+        group_of.append(group_of[-1] + (not join))
+
+    # Alternatives are the members an "or"/"versus" joins. A head set off by a bare comma before
+    # them is an appositive, not one of them: in "opacity, scarring versus pneumonia" the
+    # opacity is certain and its cause is not. A list with a serial comma before the
+    # conjunction ("effusion, pneumothorax, or consolidation") stays one list.
+    alternative = [False] * len(mentions)
+    for group in set(group_of):
+        members = [i for i, g in enumerate(group_of) if g == group]
+        serial = any(links[i - 1][1] and links[i - 1][3] for i in members[1:])
+        segments = [[members[0]]]
+        for i in members[1:]:
+            _, conjunction, _, comma = links[i - 1]
+            if comma and not conjunction and not serial:
+                segments.append([])  # an appositive boundary
+            segments[-1].append(i)
+        for segment in segments:
+            if any(links[i - 1][2] for i in segment[1:]):
+                for i in segment:
+                    alternative[i] = True
+    return group_of, alternative
 
 
 def _forward_reach(clause: str, cue_end: int, mention: _Mention) -> bool:
@@ -619,6 +814,8 @@ def _backward_reach(clause: str, cue_start: int, mention: _Mention) -> bool:
         and "," not in between
         and not _VERB.search(between)
         and not _SUBJECT_VERB.search(between)
+        # "The tube tip is not seen below the diaphragm" is about where the tip is.
+        and not _TIP.search(between)
     )
 
 
@@ -628,19 +825,29 @@ def _in_scope(
     cues: tuple[tuple[int, re.Pattern[str]], ...],
     group_of: list[int],
 ) -> set[int]:
-    """Indices of the mentions that some cue reaches, extended to whole lists."""
+    """Indices of the mentions that some cue reaches, extended to whole lists on the cue's
+    side: in "opacity, query atelectasis or pneumonia" the "query" stops at the comma."""
     reached = set()
     for direction, pattern in cues:
         for cue in pattern.finditer(clause):
+            hits = set()
             for i, mention in enumerate(mentions):
                 if mention.start < cue.end() and cue.start() < mention.end:
                     continue  # a cue inside the mention ("no" in "nodule") is no cue
-                if (direction & _FORWARD and _forward_reach(clause, cue.end(), mention)) or (
-                    direction & _BACKWARD and _backward_reach(clause, cue.start(), mention)
+                if (
+                    (direction & _FORWARD and _forward_reach(clause, cue.end(), mention))
+                    or (direction & _BACKWARD and _backward_reach(clause, cue.start(), mention))
+                    or (direction & _TRAILING and mention.end <= cue.start())
                 ):
-                    reached.add(i)
-    groups = {group_of[i] for i in reached}
-    return {i for i in range(len(mentions)) if group_of[i] in groups}
+                    hits.add(i)
+            # (group, side of the cue) pairs reached; a list extends on that side only.
+            sides = {(group_of[i], mentions[i].start >= cue.end()) for i in hits}
+            reached.update(
+                i
+                for i, mention in enumerate(mentions)
+                if (group_of[i], mention.start >= cue.end()) in sides
+            )
+    return reached
 
 
 def _links_to_qualifier(tokens: list[str], *, after: bool) -> bool:
@@ -710,9 +917,7 @@ def _classify_clause(clause: str) -> list[tuple[_Mention, int]]:
             label = UNCERTAIN
         elif i in negated:
             label = NEGATIVE
-        elif i in post_uncertain or mention.kind == _UNCERTAIN_FINDING:
-            label = UNCERTAIN
-        elif alternatives[group_of[i]]:
+        elif i in post_uncertain or mention.kind == _UNCERTAIN_FINDING or alternatives[i]:
             label = UNCERTAIN
         else:
             label = POSITIVE
@@ -720,24 +925,35 @@ def _classify_clause(clause: str) -> list[tuple[_Mention, int]]:
     return labelled
 
 
-def _label_report(report: str) -> np.ndarray:
+def _unrecognised(sentence: str) -> bool:
+    """Whether a sentence without a mention may state an abnormality the tables miss."""
+    if _NORMAL_STATEMENT.search(sentence):
+        return False
+    return any(w not in _NEUTRAL_WORDS for w in re.findall(r"[a-z]+", sentence))
+
+
+def _label_report(report: str, lungs_clear_negates: bool) -> np.ndarray:
     labels = np.full(NUM_OBSERVATIONS, BLANK, dtype=np.int64)
     text = _normalize(report)
     if not re.search(r"[a-z]", text):
         return labels
 
     found: dict[int, set[int]] = {}
+    unrecognised = False
     for sentence in _SENTENCE_END.split(text):
         sentence = " ".join(sentence.split())
-        if _LUNGS_CLEAR.search(sentence):
+        if lungs_clear_negates and _LUNGS_CLEAR.search(sentence):
             for target in _CLEAR_LUNGS_NEGATE:
                 found.setdefault(target, set()).add(NEGATIVE)
+        recognised = False
         for clause in _CLAUSE_BOUNDARY.split(sentence):
             clause = clause.strip(" ,")
             for mention, label in _classify_clause(clause):
+                recognised = True
                 found.setdefault(mention.target, set()).add(label)
                 if label != NEGATIVE and _HEART_FAILURE.fullmatch(mention.text):
                     found.setdefault(_INDEX["cardiomegaly"], set()).add(UNCERTAIN)
+        unrecognised = unrecognised or (not recognised and _unrecognised(sentence))
 
     # CheXpert's aggregation: positive > uncertain > negative.
     for target, seen in found.items():
@@ -748,17 +964,21 @@ def _label_report(report: str) -> np.ndarray:
                 labels[target] = label
                 break
     abnormal = {t for t, seen in found.items() if seen & {POSITIVE, UNCERTAIN}}
-    if not abnormal - {_SUPPORT_DEVICES}:
+    if not abnormal - {_SUPPORT_DEVICES} and not unrecognised:
         labels[_NO_FINDING] = POSITIVE
     return labels
 
 
-def label_reports(reports: Sequence[str]) -> np.ndarray:
+def label_reports(reports: Sequence[str], *, lungs_clear_negates: bool = False) -> np.ndarray:
     """Labels reports with the offline rule-based labeler (see the module docstring).
 
     Args:
       reports: free-text reports, raw or cleaned the way R2Gen cleans them (lower case, no
         commas, sentences joined by ``" . "``).
+      lungs_clear_negates: read "the lungs are clear" as negating lung opacity, consolidation,
+        edema and pneumonia. Off by default, as in CheXpert, which gives that sentence no
+        label; the synthetic data's gold labels follow the convention, so set it to compare
+        with them cell by cell.
 
     Returns:
       ``int64 (len(reports), 14)`` labels in `OBSERVATIONS` order: ``0`` blank, ``1`` positive,
@@ -771,9 +991,11 @@ def label_reports(reports: Sequence[str]) -> np.ndarray:
     """
     if isinstance(reports, str):
         raise TypeError("`reports` should be a sequence of strings, not a single string.")
+    if not isinstance(lungs_clear_negates, bool):
+        raise TypeError(f"`lungs_clear_negates` should be a bool. Found `{lungs_clear_negates!r}`.")
     if len(reports) == 0:
         return np.zeros((0, NUM_OBSERVATIONS), dtype=np.int64)
-    return np.stack([_label_report(report) for report in reports])
+    return np.stack([_label_report(report, lungs_clear_negates) for report in reports])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -790,8 +1012,31 @@ class CheXbertLabeler:
     and one two-way head (``no_finding``); the arg-max of each head is the label, in the same
     encoding as `label_reports` (0 blank, 1 positive, 2 negative, 3 uncertain).
 
+    Nothing is fetched from the network: the BERT configuration and vocabulary are read with
+    ``local_files_only=True``. To use it, with the weights on disk::
+
+        pip install torch transformers
+        # once, where there is network: BERT's configuration and vocabulary (its weights come
+        # from chexbert.pth)
+        huggingface-cli download bert-base-uncased config.json vocab.txt \\
+            --local-dir weights/bert-base-uncased
+
+    then label reports, or score generated reports with it instead of the rule-based labeler:
+
+    >>> from camegrad_jax.rrg.labeler import CheXbertLabeler
+    >>> from camegrad_jax.rrg.metrics import evaluate_reports
+    >>> chexbert = CheXbertLabeler(
+    ...     "weights/chexbert.pth", bert_name_or_path="weights/bert-base-uncased"
+    ... )  # doctest: +SKIP
+    >>> chexbert(["No pleural effusion. Mild cardiomegaly."])  # doctest: +SKIP
+    >>> evaluate_reports(generated, references, chexbert)  # doctest: +SKIP
+
+    ``tests/rrg/test_labeler.py`` runs this loading path on a one-layer model of the same
+    structure when torch and transformers are installed.
+
     Args:
-      checkpoint_path: the CheXbert checkpoint (a dict with ``"model_state_dict"``).
+      checkpoint_path: the CheXbert checkpoint: a dict with ``"model_state_dict"`` (keys with or
+        without the ``"module."`` prefix), or the state dict itself.
       bert_name_or_path: where `transformers` finds the ``bert-base-uncased`` configuration and
         vocabulary: a local directory, or the name when it is in the local Hugging Face cache.
       device: a torch device string; defaults to ``"cuda"`` when available, else ``"cpu"``.
@@ -799,7 +1044,9 @@ class CheXbertLabeler:
 
     Raises:
       ImportError: when ``torch`` or ``transformers`` is not installed.
-      FileNotFoundError: when ``checkpoint_path`` is not a file.
+      FileNotFoundError: when ``checkpoint_path`` is not a file, or ``bert_name_or_path`` holds
+        no BERT configuration and vocabulary on this machine.
+      ValueError: when the checkpoint's keys are not those of CheXbert.
     """
 
     _REQUIRED = ("torch", "transformers")
@@ -836,8 +1083,19 @@ class CheXbertLabeler:
         self._torch = torch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.batch_size = batch_size
-        self._tokenizer = transformers.BertTokenizer.from_pretrained(bert_name_or_path)
-        config = transformers.BertConfig.from_pretrained(bert_name_or_path)
+        try:
+            self._tokenizer = transformers.BertTokenizer.from_pretrained(
+                bert_name_or_path, local_files_only=True
+            )
+            config = transformers.BertConfig.from_pretrained(
+                bert_name_or_path, local_files_only=True
+            )
+        except OSError as error:
+            raise FileNotFoundError(
+                f"`bert_name_or_path` {bert_name_or_path!r} holds no BERT configuration and "
+                "vocabulary on this machine (nothing is downloaded): pass a directory with "
+                "bert-base-uncased's config.json and vocab.txt."
+            ) from error
         hidden = config.hidden_size
         heads = [torch.nn.Linear(hidden, NUM_LABEL_CLASSES) for _ in range(NUM_OBSERVATIONS - 1)]
         heads.append(torch.nn.Linear(hidden, 2))  # no_finding: blank / positive
@@ -890,6 +1148,11 @@ class LabelerAgreement:
         NaN where neither side has a positive (F1 is undefined there).
       positive_support: ``(14,)`` number of gold positives per observation.
       overall_accuracy: fraction of all ``N × 14`` labels that match.
+      nonblank_agreement: fraction of matching labels among the cells where either side is not
+        blank, ``|{pred = gold ≠ blank}| / |{pred ≠ blank or gold ≠ blank}|``: a missed label
+        (gold stated, predicted blank or different) and a spurious one (gold blank, predicted
+        stated) both count against it, and cells both sides leave blank, which dominate
+        ``overall_accuracy``, do not count for it. NaN when every cell is blank on both sides.
       exact_match: fraction of reports whose 14 labels all match.
       positive_f1_macro: mean of the defined entries of ``positive_f1``.
       positive_f1_micro: positive-class F1 with TP/FP/FN pooled over all observations.
@@ -899,6 +1162,7 @@ class LabelerAgreement:
     positive_f1: np.ndarray
     positive_support: np.ndarray
     overall_accuracy: float
+    nonblank_agreement: float
     exact_match: float
     positive_f1_macro: float
     positive_f1_micro: float
@@ -908,6 +1172,7 @@ class LabelerAgreement:
         ``positive_f1/<obs>`` per observation."""
         flat = {
             "overall_accuracy": self.overall_accuracy,
+            "nonblank_agreement": self.nonblank_agreement,
             "exact_match": self.exact_match,
             "positive_f1_macro": self.positive_f1_macro,
             "positive_f1_micro": self.positive_f1_micro,
@@ -929,6 +1194,7 @@ class LabelerAgreement:
             f"| **overall** | {self.overall_accuracy:.3f} | macro {self.positive_f1_macro:.3f}"
             f" / micro {self.positive_f1_micro:.3f} | {int(self.positive_support.sum())} |"
         )
+        rows.append(f"| **non-blank cells** | {self.nonblank_agreement:.3f} | | |")
         return "\n".join(rows)
 
 
@@ -953,7 +1219,7 @@ def labeler_agreement(predicted: np.ndarray, gold: np.ndarray) -> LabelerAgreeme
 
     Returns:
       A `LabelerAgreement`: per-observation 4-way accuracy and positive-class F1, and overall
-      accuracy, exact match and macro / micro positive F1.
+      accuracy, agreement on non-blank cells, exact match and macro / micro positive F1.
     """
     predicted = check_labels(predicted, "predicted")
     gold = check_labels(gold, "gold")
@@ -974,11 +1240,13 @@ def labeler_agreement(predicted: np.ndarray, gold: np.ndarray) -> LabelerAgreeme
     pooled = tp.sum() + 0.5 * (fp.sum() + fn.sum())
     defined = positive_f1[~np.isnan(positive_f1)]
     equal = predicted == gold
+    stated = (predicted != BLANK) | (gold != BLANK)
     return LabelerAgreement(
         accuracy=equal.mean(0),
         positive_f1=positive_f1,
         positive_support=gold_pos.sum(0),
         overall_accuracy=float(equal.mean()),
+        nonblank_agreement=float(equal[stated].mean()) if stated.any() else float("nan"),
         exact_match=float(equal.all(1).mean()),
         positive_f1_macro=float(defined.mean()) if defined.size else float("nan"),
         positive_f1_micro=float(tp.sum() / pooled) if pooled > 0 else float("nan"),

@@ -13,6 +13,7 @@ from camegrad_jax.rrg.labeler import CheXbertLabeler, label_reports, labeler_agr
 from camegrad_jax.rrg.observations import (
     BLANK,
     NEGATIVE,
+    NUM_LABEL_CLASSES,
     NUM_OBSERVATIONS,
     OBSERVATIONS,
     POSITIVE,
@@ -62,18 +63,14 @@ SENTENCES = [
     # lung opacity
     ("Patchy opacity in the right lower lobe.", {"lung_opacity": P}),
     ("No focal infiltrate.", {"lung_opacity": N, NF: P}),
-    (
-        "The lungs are clear.",
-        {"lung_opacity": N, "consolidation": N, "edema": N, "pneumonia": N, NF: P},
-    ),
-    (
-        "The lungs are clear except for mild bibasilar atelectasis.",
-        {"lung_opacity": N, "consolidation": N, "edema": N, "pneumonia": N, "atelectasis": P},
-    ),
+    # CheXpert gives "the lungs are clear" no label (`lungs_clear_negates` is off by default).
+    ("The lungs are clear.", {NF: P}),
+    ("The lungs are clear except for mild bibasilar atelectasis.", {"atelectasis": P}),
     # lung lesion
     ("A 1.5 cm nodule in the right upper lobe.", {"lung_lesion": P}),
     ("Questionable nodule in the right mid lung.", {"lung_lesion": U}),
-    ("Lytic lesion in the proximal humerus.", {NF: P}),  # not a lung lesion
+    # Not a lung lesion, but abnormal: an unrecognised statement leaves no_finding blank.
+    ("Lytic lesion in the proximal humerus.", {}),
     # edema
     ("Moderate pulmonary edema.", {"edema": P}),
     ("Mild pulmonary vascular congestion.", {"edema": U}),  # CheXpert: congestion is uncertain
@@ -111,7 +108,8 @@ SENTENCES = [
     ("Pneumothorax is no longer visualized.", {"pneumothorax": N, NF: P}),
     ("No pneumothorax, small left effusion.", {"pneumothorax": N, "pleural_effusion": P}),
     ("Possible small left effusion.", {"pleural_effusion": U}),
-    ("Blunting of the left costophrenic angle.", {"pleural_effusion": P}),
+    # CheXpert: blunting alone is an uncertain effusion (fluid or scarring).
+    ("Blunting of the left costophrenic angle.", {"pleural_effusion": U}),
     ("No significant change in the small left effusion.", {"pleural_effusion": P}),
     ("No pericardial effusion.", {NF: P}),  # not a pleural effusion
     # pleural other, fracture
@@ -124,7 +122,9 @@ SENTENCES = [
     ("Interval removal of the right chest tube.", {"support_devices": N, NF: P}),
     ("The NG tube has been removed.", {"support_devices": N, NF: P}),
     ("The trachea is midline.", {NF: P}),
-    ("The visceral pleural line is seen at the right apex.", {NF: P}),  # not a device line
+    # Not a device line; what it does say (a pneumothorax's edge) is not recognised, so
+    # no_finding stays blank.
+    ("The visceral pleural line is seen at the right apex.", {}),
     (
         "There is no evidence of pneumothorax, and the chest tube remains in place.",
         {"pneumothorax": N, "support_devices": P, NF: P},
@@ -173,20 +173,23 @@ def test_multi_sentence_report_full_vector():
     np.testing.assert_array_equal(label_reports([report])[0], expected)
 
 
-def test_normal_report_full_vector():
+@pytest.mark.parametrize("lungs_clear_negates", [False, True])
+def test_normal_report_full_vector(lungs_clear_negates):
     report = (
         "The lungs are clear. Heart size is normal. The mediastinal contours are unremarkable. "
         "No pleural effusion or pneumothorax. No acute osseous abnormality."
     )
-    labels = dict(zip(OBSERVATIONS, label_reports([report])[0].tolist(), strict=True))
+    labelled = label_reports([report], lungs_clear_negates=lungs_clear_negates)[0]
+    labels = dict(zip(OBSERVATIONS, labelled.tolist(), strict=True))
+    cleared = N if lungs_clear_negates else BLANK  # what "the lungs are clear" says
     assert labels == {
         "enlarged_cardiomediastinum": N,
         "cardiomegaly": N,
-        "lung_opacity": N,
+        "lung_opacity": cleared,
         "lung_lesion": BLANK,
-        "edema": N,
-        "consolidation": N,
-        "pneumonia": N,
+        "edema": cleared,
+        "consolidation": cleared,
+        "pneumonia": cleared,
         "atelectasis": BLANK,
         "pneumothorax": N,
         "pleural_effusion": N,
@@ -287,12 +290,15 @@ def test_labeler_agreement_hand_computed():
     assert np.isnan(agreement.positive_f1[1:]).all()  # F1 undefined without positives
     assert agreement.positive_support.tolist() == [2] + [0] * 13
     assert agreement.overall_accuracy == pytest.approx(54 / 56)
+    # Non-blank cells: column 0 has 4 (r2 is blank only on the gold side), column 1 has 1;
+    # the mismatches are r1 (missed) and r2 (spurious).
+    assert agreement.nonblank_agreement == pytest.approx(3 / 5)
     assert agreement.exact_match == pytest.approx(2 / 4)
     assert agreement.positive_f1_macro == pytest.approx(0.5)
     assert agreement.positive_f1_micro == pytest.approx(0.5)
     flat = agreement.as_dict()
     assert flat["accuracy/enlarged_cardiomediastinum"] == pytest.approx(0.5)
-    assert len(flat) == 4 + 2 * NUM_OBSERVATIONS
+    assert len(flat) == 5 + 2 * NUM_OBSERVATIONS
     assert "| cardiomegaly | 1.000 | n/a | 0 |" in agreement.table()
 
 
@@ -304,3 +310,95 @@ def test_labeler_agreement_rejects_bad_input():
         labeler_agreement(good, good + 4)
     with pytest.raises(ValueError, match="same shape"):
         labeler_agreement(good, np.zeros((3, NUM_OBSERVATIONS), dtype=int))
+
+
+# A CheXbert-shaped model small enough to build in a test: BERT with one layer of width 16, the
+# 13 four-way heads and the two-way no_finding head, saved the way the CheXbert authors saved
+# theirs (`nn.DataParallel` keys under "model_state_dict").
+_TINY_VOCAB = (
+    "[PAD] [UNK] [CLS] [SEP] [MASK] . , no mild small left right pleural effusion cardiomegaly "
+    "pneumothorax the lungs are clear heart is enlarged tube in place"
+).split()
+REPORTS = [
+    "No pleural effusion.",
+    "Mild cardiomegaly, small left pleural effusion.",
+    "The lungs are clear.",
+    "Right pneumothorax. Tube in place. The heart is enlarged.",
+    "",
+]
+
+
+def _tiny_chexbert(tmp_path, *, heads_bias=None, wrap=True, prefix="module.", drop=None):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    bert_dir = tmp_path / "bert"
+    bert_dir.mkdir(exist_ok=True)
+    config = transformers.BertConfig(
+        vocab_size=len(_TINY_VOCAB),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    config.save_pretrained(bert_dir)
+    (bert_dir / "vocab.txt").write_text("\n".join(_TINY_VOCAB) + "\n")
+    torch.manual_seed(0)
+    sizes = [NUM_LABEL_CLASSES] * (NUM_OBSERVATIONS - 1) + [2]
+    heads = torch.nn.ModuleList([torch.nn.Linear(16, n) for n in sizes])
+    if heads_bias is not None:
+        with torch.no_grad():
+            for head, label in zip(heads, heads_bias, strict=True):
+                head.weight.zero_()
+                head.bias.copy_(
+                    10.0 * torch.nn.functional.one_hot(torch.tensor(label), len(head.bias))
+                )
+    model = torch.nn.ModuleDict({"bert": transformers.BertModel(config), "linear_heads": heads})
+    state = {prefix + key: value for key, value in model.state_dict().items() if key != drop}
+    path = tmp_path / "chexbert.pth"
+    torch.save({"model_state_dict": state} if wrap else state, path)
+    return model.eval(), bert_dir, path
+
+
+def test_chexbert_loads_the_heads_of_a_stub_checkpoint(tmp_path):
+    wanted = [P, N, U, BLANK, P, N, U, BLANK, P, N, U, BLANK, P, P]  # no_finding: 1 of 2
+    _, bert_dir, path = _tiny_chexbert(tmp_path, heads_bias=wanted)
+    chexbert = CheXbertLabeler(path, bert_name_or_path=str(bert_dir), device="cpu")
+    labels = chexbert(REPORTS)
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, np.tile(wanted, (len(REPORTS), 1)))
+
+
+@pytest.mark.parametrize(("wrap", "prefix"), [(True, "module."), (False, "")])
+def test_chexbert_matches_a_forward_pass_of_the_stub(tmp_path, wrap, prefix):
+    """The labels are the arg-max of each head on BERT's [CLS] state, report by report: batching
+    and padding change nothing."""
+    model, bert_dir, path = _tiny_chexbert(tmp_path, wrap=wrap, prefix=prefix)  # or skips
+    import torch
+    import transformers
+
+    chexbert = CheXbertLabeler(path, bert_name_or_path=str(bert_dir), device="cpu", batch_size=2)
+    tokenizer = transformers.BertTokenizer(str(bert_dir / "vocab.txt"))
+    expected = []
+    with torch.no_grad():
+        for report in REPORTS:
+            cls = model["bert"](**tokenizer(report, return_tensors="pt")).last_hidden_state[:, 0]
+            expected.append([int(head(cls).argmax()) for head in model["linear_heads"]])
+    labels = chexbert(REPORTS)
+    np.testing.assert_array_equal(labels, np.array(expected))
+    assert set(labels[:, -1]) <= {BLANK, POSITIVE}
+
+
+def test_chexbert_rejects_a_checkpoint_of_another_model(tmp_path):
+    _, bert_dir, path = _tiny_chexbert(tmp_path, drop="linear_heads.3.weight")
+    with pytest.raises(ValueError, match="is not a CheXbert checkpoint") as info:
+        CheXbertLabeler(path, bert_name_or_path=str(bert_dir), device="cpu")
+    assert str(path) in str(info.value) and "linear_heads.3.weight" in str(info.value)
+
+
+def test_chexbert_never_downloads_bert(tmp_path):
+    _, _, path = _tiny_chexbert(tmp_path)
+    missing = tmp_path / "no-bert-here"
+    with pytest.raises(FileNotFoundError, match="`bert_name_or_path`") as info:
+        CheXbertLabeler(path, bert_name_or_path=str(missing), device="cpu")
+    assert str(missing) in str(info.value)
