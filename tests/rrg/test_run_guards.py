@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest
 
 from camegrad_jax.rrg.cli import main
 from camegrad_jax.rrg.config import TrainConfig
-from camegrad_jax.rrg.metrics import METEOR_TIMEOUT_VARIABLE, nlg_scores
+from camegrad_jax.rrg.metrics import METEOR_TIMEOUT_VARIABLE, meteor_score, nlg_scores
 from camegrad_jax.rrg.rundir import (
     RunLock,
     check_writable,
@@ -256,3 +257,15 @@ def test_synthetic_fingerprint_follows_the_generated_studies():
     altered = dataclasses.replace(dataset, splits={**dataset.splits, "val": val})
     changes = fingerprint_changes(first, data_fingerprint(config, altered))
     assert changes and "generator changed" in changes[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("java") is None, reason="METEOR needs Java")
+def test_meteor_driver_matches_pycocoevalcap():
+    """The driver with a time limit gives pycocoevalcap's own ``Meteor`` score, bit for bit
+    (``|||`` in a hypothesis and an empty one included)."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    gts = {0: [REFERENCES[0]], 1: [REFERENCES[1]], 2: ["the lungs are clear ."]}
+    res = {0: [REPORTS[0]], 1: ["heart size is normal ||| lungs clear ."], 2: [""]}
+    assert meteor_score(gts, res) == (Meteor().compute_score(gts, res)[0], None)
