@@ -11,15 +11,13 @@ import importlib
 import json
 import os
 from pathlib import Path
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
-from rrg_tiny import tiny_config
+from rrg_tiny import Interrupted, interrupt_save, tiny_config
 
 import camegrad_jax as cg
 from camegrad_jax.rrg import checkpoint as ckpt
@@ -137,39 +135,6 @@ def test_resume_continues_exactly(runs, tmp_path):
         b = restore_run(tmp_path, kind)
         for name in ("params", "rest", "opt_state"):
             jax.tree.map(np.testing.assert_array_equal, getattr(a, name), getattr(b, name))
-
-
-class Interrupted(BaseException):
-    """A simulated kill: a BaseException, as KeyboardInterrupt, so nothing on the way catches
-    it."""
-
-
-def interrupt_save(monkeypatch, kind: str, step: int, phase: str) -> list[bool]:
-    """Make the save of the ``kind`` checkpoint of ``step`` stop the run ``"before"`` it,
-    ``"inside"`` it (orbax killed as it starts writing: a partial temporary folder is left),
-    or ``"after"`` it. Returns a list that holds True once the interrupt happened."""
-    real = ckpt.save_checkpoint
-    fired: list[bool] = []
-
-    def killed_write(manager, save_step, *args, **kwargs):
-        partial = Path(manager.directory) / f"{save_step}.orbax-checkpoint-tmp-0"
-        partial.mkdir(parents=True)
-        (partial / "state").write_bytes(b"half a checkpoint")
-        raise Interrupted
-
-    def save(save_dir, save_kind, save_step, state, meta):
-        if fired or (save_kind, save_step) != (kind, step):
-            return real(save_dir, save_kind, save_step, state, meta)
-        fired.append(True)
-        if phase == "inside":
-            with mock.patch.object(ocp.CheckpointManager, "save", killed_write):
-                real(save_dir, save_kind, save_step, state, meta)
-        if phase == "after":
-            real(save_dir, save_kind, save_step, state, meta)
-        raise Interrupted
-
-    monkeypatch.setattr(ckpt, "save_checkpoint", save)
-    return fired
 
 
 def test_resume_after_an_interrupt_at_every_phase_of_the_saves(runs, tmp_path, monkeypatch):
