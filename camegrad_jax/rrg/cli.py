@@ -299,7 +299,8 @@ def _add_make_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="write into a folder that already holds annotation.json or images (replacing them)",
+        help="write into a folder that already holds annotation.json or images (files of the "
+        "same names are replaced)",
     )
 
 

@@ -277,6 +277,8 @@ def _train_or_reuse(spec: RunSpec, dataset: Any) -> tuple[dict[str, Any], str]:
             saved = TrainConfig.from_dict(results["config"])
             recorded = results["data"].get("fingerprint")
             changes = config_differences(saved, spec.config)
+            if saved.meteor_test != spec.config.meteor_test:
+                changes.append("meteor_test")  # A resume may change it; a reuse may not.
             if recorded is not None:
                 changes += fingerprint_changes(recorded, data_fingerprint(spec.config, dataset))
             if changes:

@@ -54,26 +54,28 @@ METEOR_MISSING_NOTE = (
     "meteor-1.5.jar). Install a Java runtime to report it."
 )
 METEOR_SKIPPED_NOTE = "METEOR not computed: skipped on request (`meteor=False`)."
-# Seconds METEOR's Java process may take before it is killed (about 15 s for a test split on
-# two CPU cores, mostly the JVM and paraphrase-table start); the environment variable overrides.
+# Seconds METEOR's Java process may take before it is killed (a call took 20-30 s on two busy
+# CPU cores, mostly the JVM and paraphrase-table start); the environment variable overrides.
 METEOR_TIMEOUT_SECONDS = 600.0
 METEOR_TIMEOUT_VARIABLE = "CAMEGRAD_RRG_METEOR_TIMEOUT"
 
 
-def _meteor_timeout() -> float:
-    text = os.environ.get(METEOR_TIMEOUT_VARIABLE)
-    if text is None:
-        return METEOR_TIMEOUT_SECONDS
+def _meteor_timeout(timeout: float | None) -> float:
+    """``timeout``, or the environment variable's, or the default; checked positive."""
+    name, value = "meteor_timeout", timeout
+    if timeout is None:
+        name, value = METEOR_TIMEOUT_VARIABLE, os.environ.get(METEOR_TIMEOUT_VARIABLE)
+        if value is None:
+            return METEOR_TIMEOUT_SECONDS
     try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
         raise ValueError(
-            f"`{METEOR_TIMEOUT_VARIABLE}` should be a positive number of seconds. Found "
-            f"`{METEOR_TIMEOUT_VARIABLE} = {text!r}`."
+            f"`{name}` should be a positive number of seconds. Found `{name} = {value!r}`."
         )
-    return value
+    return seconds
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -104,7 +106,7 @@ def meteor_score(
     """
     from pycocoevalcap.meteor import meteor as pycoco_meteor
 
-    timeout = _meteor_timeout() if timeout is None else timeout
+    timeout = _meteor_timeout(timeout)
     java = shutil.which("java")
     if java is None:
         return None, METEOR_MISSING_NOTE

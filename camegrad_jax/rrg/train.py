@@ -556,13 +556,14 @@ def train(
       config: the run; ``config.save_dir`` receives checkpoints, tokenizer, ``results.json``,
         ``steps.npz`` (per-step diagnostics) and ``test_reports.json``.
       resume: continue the run saved in ``config.save_dir`` from its latest checkpoint;
-        ``config`` must equal the saved one (``save_dir`` aside). The continuation is exact:
-        same batches, dropout masks and optimizer state as without the interruption.
+        ``config`` must equal the saved one, but for ``save_dir``, ``meteor_test`` and the data
+        paths (the data must match the run's fingerprint). The continuation is exact: same
+        batches, dropout masks and optimizer state as without the interruption. A run
+        interrupted at any point resumes: between or inside an epoch's two checkpoint saves,
+        or before its first checkpoint (it then starts again).
       progress: show a progress bar over the steps and a line per evaluated epoch.
       stop_after_epoch: stop once this many epochs are done (resume later); the results then
         have ``"status": "stopped"`` and no test metrics.
-      resume: see above; a run interrupted at any point resumes, also one interrupted before
-        its first checkpoint (it starts again) or between an epoch's two checkpoint saves.
       dataset: the data ``config`` describes, already loaded (e.g. shared by the runs of a
         comparison); by default it is loaded from ``config``. A resumed run reloads its own.
 
@@ -607,6 +608,9 @@ def train(
       ValueError: a resumed run's config or data differ from its saved ones.
     """
     config = resolve_data_paths(config)
+    if resume and not Path(config.save_dir).is_dir():
+        # Before the checks below, which would create it.
+        raise FileNotFoundError(f"No latest checkpoint in {config.save_dir} (no such folder).")
     check_writable(config.save_dir, "save directory")
     with RunLock(config.save_dir):
         return _train_locked(config, resume, progress, stop_after_epoch, dataset)

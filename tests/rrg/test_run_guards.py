@@ -85,10 +85,12 @@ def test_meteor_kills_a_java_that_never_answers(tmp_path, monkeypatch):
         pytest.fail("the fake java's child survived the timeout")
 
 
-def test_meteor_timeout_variable_is_checked(monkeypatch):
+def test_meteor_timeout_is_checked(monkeypatch):
     monkeypatch.setenv(METEOR_TIMEOUT_VARIABLE, "soon")
     with pytest.raises(ValueError, match="CAMEGRAD_RRG_METEOR_TIMEOUT = 'soon'"):
         nlg_scores(REPORTS, REFERENCES)
+    with pytest.raises(ValueError, match="`meteor_timeout` should be a positive number"):
+        nlg_scores(REPORTS, REFERENCES, meteor_timeout=0)
 
 
 def test_a_second_writer_is_refused_and_a_killed_ones_lock_is_not_stale(tmp_path, capsys):
