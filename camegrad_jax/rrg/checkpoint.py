@@ -13,10 +13,16 @@ Each checkpoint is two orbax items: ``state`` (a pytree of arrays, restored agai
 the same structure, so NamedTuple optimizer states come back typed) and ``meta`` (JSON: epoch,
 step, config, history...). An orbax ``CheckpointManager`` keeping one step per kind writes the
 new step before deleting the old one, so an interrupted save leaves the previous checkpoint.
+
+A resumed run repeats the steps after its latest checkpoint. When the interrupt fell between an
+epoch's "best" and "latest" saves, the repeated epoch saves a "best" checkpoint of a step that
+is already there; `save_checkpoint` then replaces it (moved aside by a rename, so an interrupt
+at any point leaves either the old or the new checkpoint, never half of one).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +45,8 @@ CheckpointKind = Literal["latest", "best"]
 LATEST: CheckpointKind = "latest"
 BEST: CheckpointKind = "best"
 _KINDS = (LATEST, BEST)
+# A step folder being replaced is renamed with this suffix (orbax lists only integer names).
+_REPLACED = ".replaced"
 
 
 def checkpoint_path(save_dir: str | Path, kind: CheckpointKind) -> Path:
@@ -81,7 +89,16 @@ def save_checkpoint(
     meta: dict[str, Any],
 ) -> None:
     """Write ``state`` (a pytree of arrays) and ``meta`` (JSON) as the ``kind`` checkpoint,
-    replacing the previous one."""
+    replacing the previous one (also one of the same ``step``)."""
+    folder = checkpoint_path(save_dir, kind)
+    if folder.is_dir():
+        # Left by an interrupted replacement: orbax ignores it, so it is only disk space.
+        for leftover in folder.glob(f"*{_REPLACED}"):
+            shutil.rmtree(leftover)
+    previous = folder / str(step)
+    replaced = folder / f"{step}{_REPLACED}"
+    if previous.is_dir():
+        previous.rename(replaced)
     with _manager(save_dir, kind, create=True) as manager:
         manager.save(
             step,
@@ -91,6 +108,8 @@ def save_checkpoint(
             force=True,
         )
         manager.wait_until_finished()
+    if replaced.is_dir():
+        shutil.rmtree(replaced)
 
 
 def read_checkpoint_meta(save_dir: str | Path, kind: CheckpointKind) -> dict[str, Any]:

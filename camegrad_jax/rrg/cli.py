@@ -5,12 +5,14 @@
         --dataset-name iu_xray --optimizer linear --save-dir runs/iu_linear
     camegrad-rrg train --resume --save-dir runs/rrg
     camegrad-rrg evaluate runs/rrg [--split test] [--checkpoint best]
-    camegrad-rrg make-synthetic data/synthetic [--num-train 1000]
+    camegrad-rrg make-synthetic data/synthetic [--num-train 1000] [--force]
     camegrad-rrg compare --quick --out runs/demo          # linear vs CAME-Grad, the demo
     camegrad-rrg compare --methods all --seeds 0,1,2 [--sweep] --out runs/compare
 
 Without ``--ann-path``, ``train`` uses the embedded synthetic data set. Each subcommand is one
 ``_Command`` (a parser builder and a runner) in ``COMMANDS``; adding a subcommand is one more.
+A user's mistake (bad flag value, malformed data, a folder that cannot be written, data that are
+not a run's own) ends the command with one line and exit status 2; a diverged run with status 1.
 """
 
 from __future__ import annotations
@@ -204,16 +206,14 @@ def _format_metrics(metrics: dict[str, Any]) -> str:
 def _run_train(args: argparse.Namespace) -> int:
     import jax
 
-    from camegrad_jax.rrg.checkpoint import LATEST, read_checkpoint_meta
     from camegrad_jax.rrg.config import TrainConfig
-    from camegrad_jax.rrg.train import train
+    from camegrad_jax.rrg.train import saved_config, train
 
     if args.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
     given = _given_config_fields(args)
     if args.resume:
-        saved = TrainConfig.from_dict(read_checkpoint_meta(args.save_dir, LATEST)["config"])
-        config = saved.replace(**given, save_dir=args.save_dir)
+        config = saved_config(args.save_dir).replace(**given, save_dir=args.save_dir)
     else:
         config = TrainConfig(**given, save_dir=args.save_dir)
     results = train(
@@ -249,7 +249,11 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from camegrad_jax.rrg.rundir import check_writable
     from camegrad_jax.rrg.train import evaluate_run
+
+    if args.output:
+        check_writable(Path(args.output).absolute().parent, "folder of --output")
 
     result = evaluate_run(
         args.run_dir,
@@ -261,9 +265,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         image_dir=args.image_dir,
     )
     text = json.dumps(result, indent=1)
+    print(text, flush=True)  # First: the metrics are not lost if the file cannot be written.
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
-    print(text)
     return 0
 
 
@@ -292,10 +296,33 @@ def _add_make_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
         help="2: IU X-Ray layout, 1: MIMIC-CXR layout (%(default)s)",
     )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="data seed (%(default)s)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a folder that already holds annotation.json or images (files of the "
+        "same names are replaced)",
+    )
+
+
+def _refuse_to_overwrite(out_dir: Path) -> None:
+    """Raise FileExistsError naming the first file of a data set already in ``out_dir``."""
+    existing = out_dir / "annotation.json"
+    if not existing.exists():
+        images = out_dir / "images"
+        existing = next((path for path in images.rglob("*") if path.is_file()), None)
+    if existing is not None:
+        raise FileExistsError(
+            f"{existing} already exists; pass --force to overwrite the data set in {out_dir}, "
+            "or choose another folder."
+        )
 
 
 def _run_make_synthetic(args: argparse.Namespace) -> int:
+    from camegrad_jax.rrg.rundir import check_writable
     from camegrad_jax.rrg.synthetic import SyntheticConfig, write_r2gen_layout
+
+    if not args.force:
+        _refuse_to_overwrite(Path(args.out_dir))
 
     config = SyntheticConfig(
         seed=args.seed,
@@ -305,6 +332,7 @@ def _run_make_synthetic(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         num_views=args.num_views,
     )
+    check_writable(args.out_dir, "output folder")
     ann_path = write_r2gen_layout(config, args.out_dir)
     print(
         f"wrote {ann_path} ({config.dataset_name} layout, images in {ann_path.parent / 'images'})"
@@ -501,13 +529,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from camegrad_jax.rrg.train import TrainingDiverged
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        # Bad configurations, data files and run directories: the message says what to fix.
+    except (ValueError, OSError) as error:
+        # Bad configurations, data files, run directories and unwritable folders (OSError
+        # covers the missing, existing and unwritable ones): the message says what to fix.
         parser.exit(2, f"camegrad-rrg {args.command}: error: {error}\n")
+    except TrainingDiverged as error:
+        parser.exit(1, f"camegrad-rrg {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -29,9 +29,10 @@ over all leaves. With linear scalarization among the methods, the same is also m
 every noise method *at the linear run's final parameters* (fresh method state), which isolates
 the method's own effect from where its training ended.
 
-Runs live in ``out/runs/<name>/seed<k>/``; a finished run with the same configuration is
-reused, and an interrupted one is resumed, so a long comparison can be continued by running
-the same command again.
+Runs live in ``out/runs/<name>/seed<k>/``; a finished run with the same configuration and data
+is reused, and an interrupted one is resumed (interrupted at any point, see
+:func:`camegrad_jax.rrg.train.train`), so a long comparison can be continued by running the same
+command again. The output folder is locked while a comparison writes it.
 
 Example:
   >>> from camegrad_jax.rrg.compare import CompareConfig, run_comparison
@@ -263,20 +264,27 @@ def plan_runs(config: CompareConfig) -> list[RunSpec]:
 
 
 def _train_or_reuse(spec: RunSpec, dataset: Any) -> tuple[dict[str, Any], str]:
-    """``(results, how)``: a finished run of the same configuration is read back, an
+    """``(results, how)``: a finished run of the same configuration and data is read back, an
     interrupted one resumed, anything else trained from scratch."""
     from camegrad_jax.rrg import checkpoint as ckpt
-    from camegrad_jax.rrg.train import RESULTS_FILE, train
+    from camegrad_jax.rrg.rundir import data_fingerprint, fingerprint_changes
+    from camegrad_jax.rrg.train import RESULTS_FILE, config_differences, train
 
     results_path = spec.run_dir / RESULTS_FILE
     if results_path.exists():
         results = json.loads(results_path.read_text(encoding="utf-8"))
         if results.get("status") == "complete":
             saved = TrainConfig.from_dict(results["config"])
-            if saved.replace(save_dir=spec.config.save_dir) != spec.config:
+            recorded = results["data"].get("fingerprint")
+            changes = config_differences(saved, spec.config)
+            if saved.meteor_test != spec.config.meteor_test:
+                changes.append("meteor_test")  # A resume may change it; a reuse may not.
+            if recorded is not None:
+                changes += fingerprint_changes(recorded, data_fingerprint(spec.config, dataset))
+            if changes:
                 raise ValueError(
-                    f"{spec.run_dir} holds a finished run of another configuration; choose "
-                    "another output folder."
+                    f"{spec.run_dir} holds a finished run of another configuration or data "
+                    f"({'; '.join(changes)}); choose another output folder."
                 )
             return results, "reused"
     if ckpt.has_checkpoint(spec.run_dir, ckpt.LATEST):
@@ -451,14 +459,21 @@ def run_comparison(config: CompareConfig, *, progress: bool = True) -> dict[str,
       ``dynamics``, ``noise``, ``wall_seconds``); ``table``; ``paired``; ``dynamics``;
       ``sweep`` (when run); ``files``; ``notes``; ``timing``.
     """
+    from camegrad_jax.rrg.rundir import RunLock, check_writable, resolve_data_paths
+
+    out = check_writable(config.out_dir, "output folder")
+    config = dataclasses.replace(config, base=resolve_data_paths(config.base))
+    with RunLock(out):
+        return _run_comparison_locked(config, out, progress)
+
+
+def _run_comparison_locked(config: CompareConfig, out: Path, progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from camegrad_jax.rrg.experiment import load_data
     from camegrad_jax.rrg.train import json_ready
 
     started = time.perf_counter()
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     specs = plan_runs(config)
     dataset = load_data(config.base)  # Every run trains on the same data.
     records: list[dict[str, Any]] = []

@@ -16,12 +16,13 @@ every study; 1e-3 for 12 epochs, or 3e-3 for 8, learned less (README, "Results")
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from camegrad_jax.rrg.data import DATASET_VIEWS, DEFAULT_MAX_LEN
 from camegrad_jax.rrg.model import ModelConfig
-from camegrad_jax.rrg.optim import MULTITASK_METHODS
+from camegrad_jax.rrg.optim import MULTITASK_METHODS, check_method_options
 from camegrad_jax.rrg.synthetic import SyntheticConfig
 
 __all__ = ["TASK_NAMES", "TrainConfig"]
@@ -56,7 +57,8 @@ class TrainConfig:
       optimizer: multi-task method, a name of ``optim.MULTITASK_METHODS``.
       c, gamma, alpha: CAME-Grad's hyper-parameters (``c`` also CAGrad's); passed to the
         methods that declare them.
-      method_options: further keyword arguments of the method's factory (JSON values).
+      method_options: further keyword arguments of the method's factory (JSON values),
+        checked by `optim.check_method_options`.
       cls_weight: λ of the classification loss; task weights are ``[1, cls_weight]``.
       learning_rate: peak learning rate of AdamW (2e-3 measured best for this model trained
         from scratch in a few hundred steps; see above).
@@ -72,6 +74,8 @@ class TrainConfig:
       meteor_val, meteor_test: compute METEOR on val / on the final test evaluation (each call
         starts a Java process, about 15 s).
       log_every: host fetch of the per-step diagnostics and progress-bar refresh, in steps.
+
+    Every float field must be finite: ``nan`` and ``inf`` are rejected, naming the field.
     """
 
     save_dir: str = "runs/rrg"
@@ -123,6 +127,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "conv_features", tuple(self.conv_features))
         object.__setattr__(self, "method_options", dict(self.method_options))
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            # NaN passes every comparison below, and infinity most: rejected here, by name.
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(
+                    f"`{field.name}` should be finite. Found `{field.name} = {value}`."
+                )
         positive = (
             "epochs",
             "batch_size",
@@ -166,6 +177,8 @@ class TrainConfig:
             raise ValueError(
                 f"`baseline_clip` should be positive or None. Found `{self.baseline_clip}`."
             )
+        if self.method_options:
+            check_method_options(self.optimizer, self.method_options)
 
     @property
     def uses_synthetic_data(self) -> bool:

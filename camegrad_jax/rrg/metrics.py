@@ -3,8 +3,11 @@
 * NLG: BLEU-1..4, METEOR and ROUGE-L from ``pycocoevalcap`` on ``{i: [text]}`` dicts, as in
   R2Gen, PromptMRG and the CAME-Grad code. Reports are expected already cleaned; only runs of
   whitespace are collapsed (ROUGE splits on single spaces, METEOR reads one line per report).
-  METEOR runs a Java program: without ``java`` on the PATH it is reported as ``None`` with a
-  warning and a note, and the other scores are still computed.
+  METEOR runs a Java program (pycocoevalcap's ``meteor-1.5.jar``, driven here with the same
+  protocol as pycocoevalcap's ``Meteor`` class, which deadlocks in ``__del__`` after a failed
+  call): if ``java`` is missing, cannot start, crashes or does not answer within
+  ``meteor_timeout`` seconds, METEOR is reported as ``None`` with a warning and a note giving
+  the reason, and the other scores are still computed.
 * CE: both reports are labelled (rule-based labeler by default), then one of two protocols:
 
   - **example-based** (PromptMRG's ``compute_ce``, the paper's Section 4.2): a label counts as
@@ -25,7 +28,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -46,6 +54,127 @@ METEOR_MISSING_NOTE = (
     "meteor-1.5.jar). Install a Java runtime to report it."
 )
 METEOR_SKIPPED_NOTE = "METEOR not computed: skipped on request (`meteor=False`)."
+# Seconds METEOR's Java process may take before it is killed (a call took 20-30 s on two busy
+# CPU cores, mostly the JVM and paraphrase-table start); the environment variable overrides.
+METEOR_TIMEOUT_SECONDS = 600.0
+METEOR_TIMEOUT_VARIABLE = "CAMEGRAD_RRG_METEOR_TIMEOUT"
+
+
+def _meteor_timeout(timeout: float | None) -> float:
+    """``timeout``, or the environment variable's, or the default; checked positive."""
+    name, value = "meteor_timeout", timeout
+    if timeout is None:
+        name, value = METEOR_TIMEOUT_VARIABLE, os.environ.get(METEOR_TIMEOUT_VARIABLE)
+        if value is None:
+            return METEOR_TIMEOUT_SECONDS
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise ValueError(
+            f"`{name}` should be a positive number of seconds. Found `{name} = {value!r}`."
+        )
+    return seconds
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # The group: a wrapper script's children too.
+    except ProcessLookupError:
+        pass
+
+
+def meteor_score(
+    gts: dict[int, list[str]], res: dict[int, list[str]], *, timeout: float | None = None
+) -> tuple[float | None, str | None]:
+    """pycocoevalcap's corpus METEOR of ``res`` against ``gts``, or None and the reason.
+
+    The protocol is pycocoevalcap's ``Meteor.compute_score``: one ``SCORE ||| refs ||| hyp``
+    line per report (``|||`` removed from the hypothesis), answered by a statistics line, then
+    ``EVAL ||| stats ...``, answered by one score per report and the corpus score. The Java
+    process runs in its own process group, killed whole after ``timeout`` seconds.
+
+    Args:
+      gts: id to reference reports.
+      res: id to a one-element list holding the generated report.
+      timeout: seconds before the process is killed (default `METEOR_TIMEOUT_SECONDS`, or the
+        ``CAMEGRAD_RRG_METEOR_TIMEOUT`` environment variable).
+
+    Returns:
+      ``(score, None)``, or ``(None, note)`` where the note says why there is no score.
+    """
+    from pycocoevalcap.meteor import meteor as pycoco_meteor
+
+    timeout = _meteor_timeout(timeout)
+    java = shutil.which("java")
+    if java is None:
+        return None, METEOR_MISSING_NOTE
+    jar_dir = os.path.dirname(os.path.abspath(pycoco_meteor.__file__))
+    command = [java, "-jar", "-Xmx2G", pycoco_meteor.METEOR_JAR]
+    command += ["-", "-", "-stdio", "-l", "en", "-norm"]
+    timed_out = threading.Event()
+    with tempfile.TemporaryFile() as errors:
+        try:
+            process = subprocess.Popen(
+                command,
+                cwd=jar_dir,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                start_new_session=True,
+            )
+        except OSError as error:
+            return None, f"METEOR not computed: `{java}` could not be started ({error})."
+
+        def on_timeout() -> None:
+            timed_out.set()
+            _kill_group(process)
+
+        timer = threading.Timer(timeout, on_timeout)
+        timer.start()
+        failure = None
+        try:
+
+            def ask(line: str) -> str:
+                process.stdin.write(f"{line}\n".encode())
+                process.stdin.flush()
+                return process.stdout.readline().decode().strip()
+
+            stats = []
+            for key in gts:
+                hypothesis = res[key][0].replace("|||", "").replace("  ", " ")
+                stats.append(ask(" ||| ".join(("SCORE", " ||| ".join(gts[key]), hypothesis))))
+            scores = [float(ask(" ||| ".join(["EVAL", *stats])))]
+            scores += [float(process.stdout.readline().strip()) for _ in range(len(gts))]
+            score = scores[-1]
+        except (OSError, ValueError) as error:
+            failure = error
+        finally:
+            timer.cancel()
+            for stream in (process.stdin, process.stdout):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                _kill_group(process)
+                process.wait()
+        if failure is None:
+            return score, None
+        if timed_out.is_set():
+            return None, (
+                f"METEOR not computed: `{java}` gave no answer within {timeout:g} s and was "
+                f"killed (set {METEOR_TIMEOUT_VARIABLE} to allow longer)."
+            )
+        errors.seek(0)
+        tail = " ".join(errors.read().decode("utf-8", "replace").split())[-300:]
+        return None, (
+            f"METEOR not computed: `{java}` failed (exit status {process.returncode}: "
+            f"{tail or type(failure).__name__})."
+        )
 
 
 def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -69,7 +198,11 @@ def _check_pair(generated: Sequence[str], references: Sequence[str]) -> None:
 
 
 def nlg_scores(
-    generated: Sequence[str], references: Sequence[str], *, meteor: bool = True
+    generated: Sequence[str],
+    references: Sequence[str],
+    *,
+    meteor: bool = True,
+    meteor_timeout: float | None = None,
 ) -> dict[str, float | None | str]:
     """BLEU-1..4, METEOR and ROUGE-L of ``generated`` against ``references`` (one each).
 
@@ -78,15 +211,15 @@ def nlg_scores(
       references: the reference report for each generated one.
       meteor: compute METEOR (it starts a Java process, about 15 s per call); when False,
         ``"METEOR"`` is ``None`` and ``"METEOR_note"`` says it was skipped.
+      meteor_timeout: seconds the Java process may take (see `meteor_score`).
 
     Returns:
       ``{"BLEU_1", "BLEU_2", "BLEU_3", "BLEU_4", "METEOR", "ROUGE_L"}`` as floats (BLEU is
       corpus-level, as pycocoevalcap computes it; METEOR is the Java program's corpus score;
-      ROUGE-L is the mean over reports). Without Java, ``"METEOR"`` is ``None`` and a
-      ``"METEOR_note"`` string says why.
+      ROUGE-L is the mean over reports). When Java is missing, fails or times out,
+      ``"METEOR"`` is ``None`` and a ``"METEOR_note"`` string says why.
     """
     from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
 
     _check_pair(generated, references)
@@ -95,13 +228,12 @@ def nlg_scores(
 
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     scores: dict[str, float | None | str] = {f"BLEU_{n}": float(bleu[n - 1]) for n in range(1, 5)}
-    note = None
-    if not meteor:
-        note = METEOR_SKIPPED_NOTE
-    elif shutil.which("java") is None:
-        warnings.warn(METEOR_MISSING_NOTE, RuntimeWarning, stacklevel=2)
-        note = METEOR_MISSING_NOTE
-    scores["METEOR"] = None if note else float(Meteor().compute_score(gts, res)[0])
+    if meteor:
+        scores["METEOR"], note = meteor_score(gts, res, timeout=meteor_timeout)
+        if note:
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
+    else:
+        scores["METEOR"], note = None, METEOR_SKIPPED_NOTE
     rouge, _ = Rouge().compute_score(gts, res)
     scores["ROUGE_L"] = float(rouge)
     if note:

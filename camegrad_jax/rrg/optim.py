@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "available_methods",
     "build_multitask",
     "build_optimizer",
+    "check_method_options",
     "learning_rate_schedule",
     "multitask_options",
     "weight_decay_mask",
@@ -86,6 +88,8 @@ MULTITASK_METHODS: dict[str, MultitaskMethod] = {
 
 # Arguments the trainer supplies to the factories that accept them (by their signature).
 _CONTEXT_ARGUMENTS = ("seed", "epoch_length")
+# Arguments `build_multitask` always passes: not options a user may set.
+_SETUP_ARGUMENTS = ("num_tasks", "task_weights", "shared_mask")
 
 
 def available_methods() -> tuple[str, ...]:
@@ -169,6 +173,54 @@ def multitask_options(
         {key: context[key] for key in _CONTEXT_ARGUMENTS if key in context and key in parameters}
     )
     return options
+
+
+def check_method_options(name: str, options: Mapping[str, Any]) -> None:
+    """Check ``options`` (``TrainConfig.method_options``) against the factory of ``name``.
+
+    Each key must be a keyword parameter of the factory that the trainer does not set itself
+    (``num_tasks``, ``task_weights``, ``shared_mask``, nor the entry's ``fixed`` arguments).
+    A value whose parameter defaults to a number must be a finite number (an int where the
+    default is an int); other values are left to the factory to check.
+
+    Raises:
+      ValueError: naming the method, the key and the value, and listing the accepted keys.
+
+    Examples:
+      >>> from camegrad_jax.rrg.optim import check_method_options
+      >>> check_method_options("camegrad", {"solver_maxiter": 50})
+      >>> check_method_options("camegrad", {"foo": 1})
+      Traceback (most recent call last):
+      ...
+      ValueError: `method_options` key 'foo' is not an option of method 'camegrad'...
+    """
+    method, factory = _method(name)
+    parameters = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    reserved = {*_SETUP_ARGUMENTS, *method.fixed}
+    accepted = [
+        key
+        for key, p in parameters.items()
+        if key not in reserved
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    for key, value in options.items():
+        if key not in accepted:
+            raise ValueError(
+                f"`method_options` key {key!r} is not an option of method {name!r} "
+                f"(camegrad_jax.{method.factory}); its options are: {', '.join(accepted)}."
+            )
+        default = parameters[key].default
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            continue
+        kind = int if isinstance(default, int) else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+            expected = "an int" if kind is int else "a finite number"
+            raise ValueError(
+                f"`method_options[{key!r}]` of method {name!r} should be {expected} (its "
+                f"default is {default!r}). Found `{key} = {value!r}`."
+            )
 
 
 def learning_rate_schedule(

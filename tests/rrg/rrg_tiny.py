@@ -1,4 +1,5 @@
-"""A tiny training configuration shared by the trainer and CLI tests, and a compilation cache.
+"""A tiny training configuration shared by the trainer, CLI and comparison tests, a compilation
+cache, and simulated kills during a checkpoint save.
 
 Compiling the train step dominates these tests on a CPU. Every tiny run has the same shapes, so
 with JAX's persistent compilation cache the step compiles once per optimizer and is loaded from
@@ -12,10 +13,13 @@ import contextlib
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import jax
+import orbax.checkpoint as ocp
 from jax._src import compilation_cache
 
+from camegrad_jax.rrg import checkpoint as ckpt
 from camegrad_jax.rrg.config import TrainConfig
 
 # 64 training studies in batches of 8 (8 steps an epoch), 16x16 images, one layer each way.
@@ -74,3 +78,36 @@ def compilation_cache_enabled() -> Iterator[None]:
     finally:
         jax.config.update("jax_compilation_cache_dir", previous)
         compilation_cache.reset_cache()
+
+
+class Interrupted(BaseException):
+    """A simulated kill: a BaseException, as KeyboardInterrupt, so nothing on the way catches
+    it."""
+
+
+def interrupt_save(monkeypatch, kind: str, step: int, phase: str) -> list[bool]:
+    """Make the save of the ``kind`` checkpoint of ``step`` stop the run ``"before"`` it,
+    ``"inside"`` it (orbax killed as it starts writing: a partial temporary folder is left),
+    or ``"after"`` it. Returns a list that holds True once the interrupt happened."""
+    real = ckpt.save_checkpoint
+    fired: list[bool] = []
+
+    def killed_write(manager, save_step, *args, **kwargs):
+        partial = Path(manager.directory) / f"{save_step}.orbax-checkpoint-tmp-0"
+        partial.mkdir(parents=True)
+        (partial / "state").write_bytes(b"half a checkpoint")
+        raise Interrupted
+
+    def save(save_dir, save_kind, save_step, state, meta):
+        if fired or (save_kind, save_step) != (kind, step):
+            return real(save_dir, save_kind, save_step, state, meta)
+        fired.append(True)
+        if phase == "inside":
+            with mock.patch.object(ocp.CheckpointManager, "save", killed_write):
+                real(save_dir, save_kind, save_step, state, meta)
+        if phase == "after":
+            real(save_dir, save_kind, save_step, state, meta)
+        raise Interrupted
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save)
+    return fired

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from rrg_tiny import TINY_FLAGS
+from rrg_tiny import TINY_DATA_FLAGS, TINY_FLAGS
 
 from camegrad_jax.rrg.cli import COMMANDS, main
 from camegrad_jax.rrg.data import load_dataset
@@ -108,3 +110,83 @@ def test_bad_flags_are_rejected(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--method-option", "no_equals_sign"])
     assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_evaluate_prints_the_metrics_before_writing_them(cli_run, tmp_path, capsys):
+    not_a_file = tmp_path / "taken"
+    not_a_file.mkdir()  # Writable folder, but the output path itself cannot be a file.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(cli_run), "--output", str(not_a_file)])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    results = json.loads((cli_run / RESULTS_FILE).read_text())
+    assert json.loads(captured.out)["metrics"] == results["test"]
+    assert captured.err.count("\n") == 1 and str(not_a_file) in captured.err
+
+
+def test_a_run_is_pinned_to_its_data(layout, tmp_path, monkeypatch, capsys):
+    """Relative paths are resolved when the run starts; other data at the same (relative) path
+    are refused by --resume and evaluate, saying what changed; the same data moved and passed
+    by their new location are accepted."""
+    shutil.copytree(layout.parent, tmp_path / "start" / "data")
+    monkeypatch.chdir(tmp_path / "start")
+    run = tmp_path / "run"
+    argv = ["train", "--ann-path", "data/annotation.json", "--save-dir", str(run), *TINY_FLAGS]
+    assert main([*argv, "--optimizer", "linear", "--stop-after-epoch", "1"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["ann_path"] == str(tmp_path / "start" / "data" / "annotation.json")
+
+    # Elsewhere, the same relative path holds 8 more training studies.
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(layout.parent, tmp_path / "data")
+    annotation = json.loads((tmp_path / "data" / "annotation.json").read_text())
+    annotation["train"] += [{**entry, "id": f"{entry['id']}b"} for entry in annotation["train"][:8]]
+    (tmp_path / "data" / "annotation.json").write_text(json.dumps(annotation))
+    capsys.readouterr()
+    for command in (
+        ["train", "--resume", "--save-dir", str(run), "--ann-path", "data/annotation.json"],
+        ["evaluate", str(run), "--ann-path", "data/annotation.json"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(command)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'data' / 'annotation.json'} are not the data the run" in err, err
+        assert "studies: train 64 -> 72" in err and "image files: 192 -> 208" in err, err
+
+    # The run's own data, moved: resumed from another folder, by their new location.
+    (tmp_path / "start" / "data").rename(tmp_path / "moved")
+    assert (
+        main(["train", "--resume", "--save-dir", str(run), "--ann-path", "moved/annotation.json"])
+        == 0
+    )
+    results = json.loads((run / RESULTS_FILE).read_text())
+    assert results["status"] == "complete" and results["data"]["split_sizes"]["train"] == 64
+    assert results["config"]["ann_path"] == str(tmp_path / "moved" / "annotation.json")
+    capsys.readouterr()
+    assert (
+        main(["evaluate", str(run), "--ann-path", str(tmp_path / "moved" / "annotation.json")]) == 0
+    )
+    assert json.loads(capsys.readouterr().out)["metrics"] == results["test"]
+
+
+def test_a_diverging_run_is_named(tmp_path, capsys):
+    save_dir = tmp_path / "run"
+    argv = ["train", *TINY_FLAGS, *TINY_DATA_FLAGS, "--optimizer", "linear", "--lr", "1e30"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--save-dir", str(save_dir)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    found = re.search(r"error: the run in .* diverged at step (\d+) \(loss lm (\S+), cls ", err)
+    assert found, err
+    assert "no epoch ended before it, so there is no checkpoint" in err
+    results = json.loads((save_dir / RESULTS_FILE).read_text())
+    step = int(found.group(1))
+    assert results["status"] == "diverged" and results["divergence"]["step"] == step
+    assert results["epochs"] == [] and results["test"] is None
+    assert not (save_dir / "checkpoints").exists()
+    # The step named is the first whose loss or update is not finite.
+    log = np.load(save_dir / "steps.npz")
+    watched = np.stack([log["loss_lm"], log["loss_cls"], log["update_norm"]], axis=1)
+    assert log["step"][-1] == step and not np.all(np.isfinite(watched[-1]))
+    assert np.all(np.isfinite(watched[:-1]))

@@ -20,6 +20,8 @@ from rrg_tiny import (
     COMPILATION_CACHE_DIR,
     TINY_DATA_FLAGS,
     TINY_FLAGS,
+    Interrupted,
+    interrupt_save,
     tiny_config,
 )
 
@@ -330,3 +332,26 @@ def test_update_samples_draw_fresh_noise_per_minibatch(tmp_path):
 def test_docstring_examples_run():
     for module in (stats, compare):
         assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+def test_rerun_resumes_a_run_killed_between_its_checkpoint_saves(
+    quick_out, summary, tmp_path, monkeypatch
+):
+    """The linear seed-1 run is trained again and killed after its first "best" checkpoint,
+    before any "latest": the next `compare` finishes it, to the same table."""
+    moved = tmp_path / "moved"
+    shutil.copytree(quick_out, moved)
+    shutil.rmtree(moved / "runs" / "linear" / "seed1")
+    argv = ["compare", "--quick", "--out", str(moved), *TINY_FLAGS, *TINY_DATA_FLAGS]
+    argv += ["--compilation-cache", str(COMPILATION_CACHE_DIR), "--noise-batches", "3"]
+    argv += ["--bootstrap-resamples", "500"]
+    with monkeypatch.context() as patch:
+        fired = interrupt_save(patch, "best", 8, "after")
+        with pytest.raises(Interrupted):
+            main(argv)
+        assert fired
+    assert main(argv) == 0
+    again = json.loads((moved / SUMMARY_FILE).read_text())
+    how = {(r["name"], r["seed"]): r["how"] for r in again["runs"]}
+    assert how.pop(("linear", 1)) == "trained" and set(how.values()) == {"reused"}
+    assert again["table"] == summary["table"]

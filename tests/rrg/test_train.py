@@ -9,6 +9,7 @@ from __future__ import annotations
 import doctest
 import importlib
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -16,14 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from rrg_tiny import tiny_config
+from rrg_tiny import Interrupted, interrupt_save, tiny_config
 
 import camegrad_jax as cg
 from camegrad_jax.rrg import checkpoint as ckpt
 from camegrad_jax.rrg.config import TrainConfig
 from camegrad_jax.rrg.diagnostics import StepLog, find_multitask_state, summarize_step_log
 from camegrad_jax.rrg.experiment import build_setup, make_train_step, update_samples
-from camegrad_jax.rrg.metrics import METEOR_SKIPPED_NOTE, evaluate_reports
+from camegrad_jax.rrg.metrics import METEOR_SKIPPED_NOTE, METEOR_TIMEOUT_VARIABLE, evaluate_reports
 from camegrad_jax.rrg.optim import (
     MULTITASK_METHODS,
     MultitaskMethod,
@@ -39,10 +40,14 @@ from camegrad_jax.rrg.train import (
     RESULTS_FILE,
     STEP_LOG_FILE,
     TEST_REPORTS_FILE,
+    TrainingDiverged,
     evaluate_run,
     restore_run,
     train,
 )
+
+# The module (`camegrad_jax.rrg.train` the attribute is the function, re-exported).
+train_module = importlib.import_module("camegrad_jax.rrg.train")
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
@@ -130,6 +135,95 @@ def test_resume_continues_exactly(runs, tmp_path):
         b = restore_run(tmp_path, kind)
         for name in ("params", "rest", "opt_state"):
             jax.tree.map(np.testing.assert_array_equal, getattr(a, name), getattr(b, name))
+
+
+def test_resume_after_an_interrupt_at_every_phase_of_the_saves(runs, tmp_path, monkeypatch):
+    """One run killed at each phase of the save sequence in turn (each resume is killed at the
+    next phase), then finished with a fake Java that cannot start: the results equal the
+    uninterrupted run's, METEOR aside, which is null with the reason."""
+    straight_config, straight = runs["linear"]
+    assert straight["selection"]["epoch"] == 2  # So epoch 2 saves a "best" checkpoint too.
+    config = straight_config.replace(save_dir=str(tmp_path / "run"))
+    phases = [
+        ("best", 8, "after"),  # No "latest" yet: --resume starts the run again.
+        ("latest", 8, "inside"),  # The same, with the first "best" replaced.
+        ("best", 16, "after"),  # The issue's case: "best" a step ahead of "latest".
+        ("best", 16, "inside"),  # Killed while replacing that "best".
+        ("latest", 16, "after"),  # Every checkpoint saved, no results yet.
+    ]
+    for number, phase in enumerate(phases):
+        with monkeypatch.context() as patch:
+            fired = interrupt_save(patch, *phase)
+            with pytest.raises(Interrupted):
+                train(config, progress=False, resume=number > 0)
+            assert fired, phase
+        assert not (tmp_path / "run" / RESULTS_FILE).exists()
+
+    java = tmp_path / "bin" / "java"
+    java.parent.mkdir()
+    java.write_text("#!/bin/sh\nexit 1\n")
+    java.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{java.parent}{os.pathsep}{os.environ['PATH']}")
+    # METEOR on test is a field a resume may change: it changes no training step.
+    with pytest.warns(RuntimeWarning, match="exit status 1"):
+        resumed = train(config.replace(meteor_test=True), progress=False, resume=True)
+
+    assert json.loads((tmp_path / "run" / RESULTS_FILE).read_text()) == resumed
+    assert resumed["status"] == "complete"
+    for key in ("selection", "diagnostics"):
+        assert resumed[key] == straight[key], key
+    assert without_timing(resumed["epochs"]) == without_timing(straight["epochs"])
+    assert "exit status 1" in resumed["test"].pop("METEOR_note")
+    assert resumed["test"] == {k: v for k, v in straight["test"].items() if k != "METEOR_note"}
+    for kind in (ckpt.LATEST, ckpt.BEST):
+        assert ckpt.read_checkpoint_meta(config.save_dir, kind)["step"] == 16
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    runs, tmp_path, monkeypatch
+):
+    """The parameters are made NaN after step 11 (in epoch 2): the loss of step 12 is NaN."""
+    config = runs["linear"][0].replace(save_dir=str(tmp_path))
+    make_step = train_module.make_train_step
+
+    def poisoned_make(*args, **kwargs):
+        step_fn = make_step(*args, **kwargs)
+
+        def step(params, opt_state, rest, batch, index):
+            params, opt_state, diagnostics = step_fn(params, opt_state, rest, batch, index)
+            if int(index) + 1 == 11:
+                params = jax.tree.map(lambda leaf: leaf * jnp.nan, params)
+            return params, opt_state, diagnostics
+
+        return step
+
+    monkeypatch.setattr(train_module, "make_train_step", poisoned_make)
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 12 \(loss lm nan, cls nan;"):
+        train(config, progress=False)
+    results = json.loads((tmp_path / RESULTS_FILE).read_text())
+    assert results["status"] == "diverged" and results["test"] is None
+    assert results["divergence"]["step"] == 12 and results["divergence"]["epoch"] == 2
+    assert [e["epoch"] for e in results["epochs"]] == [1]
+    log = np.load(tmp_path / STEP_LOG_FILE)
+    np.testing.assert_array_equal(log["step"], np.arange(1, 13))
+    assert np.isnan(log["loss_lm"][-1]) and np.all(np.isfinite(log["loss_lm"][:-1]))
+    for kind in (ckpt.LATEST, ckpt.BEST):  # Epoch 1's checkpoints, finite.
+        restored = restore_run(tmp_path, kind)
+        assert restored.meta["step"] == 8
+        assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(restored.params))
+
+
+def test_evaluate_survives_a_java_that_hangs(runs, tmp_path, monkeypatch):
+    config, results = runs["camegrad"]
+    java = tmp_path / "java"
+    java.write_text("#!/bin/sh\nexec sleep 1000\n")
+    java.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv(METEOR_TIMEOUT_VARIABLE, "1")
+    with pytest.warns(RuntimeWarning, match="no answer within 1 s"):
+        metrics = evaluate_run(config.save_dir, meteor=True)["metrics"]
+    assert metrics["METEOR"] is None and "killed" in metrics.pop("METEOR_note")
+    assert metrics == {k: v for k, v in results["test"].items() if k != "METEOR_note"}
 
 
 def test_resume_needs_the_saved_config(runs):
@@ -393,7 +487,17 @@ def test_every_available_method_trains(name, tmp_path):
 
 @pytest.mark.parametrize(
     "module_name",
-    ["config", "optim", "diagnostics", "checkpoint", "evaluation", "experiment", "train", "cli"],
+    [
+        "config",
+        "optim",
+        "diagnostics",
+        "checkpoint",
+        "evaluation",
+        "experiment",
+        "train",
+        "cli",
+        "rundir",
+    ],
 )
 def test_docstring_examples_run(module_name):
     module = importlib.import_module(f"camegrad_jax.rrg.{module_name}")
