@@ -56,7 +56,15 @@ def check_unit_interval(value: Any, name: str) -> None:
 
 
 def check_positive_int(value: Any, name: str) -> None:
-    """Raises `ValueError` unless `value` is a positive integer (or a traced array)."""
+    """Raises `ValueError` unless `value` is a positive integer (or a traced array).
+
+    Examples:
+      >>> from camegrad_jax._validation import check_positive_int
+      >>> check_positive_int(0, "num_tasks")
+      Traceback (most recent call last):
+      ...
+      ValueError: Parameter `num_tasks` should be a positive integer. Found `num_tasks = 0`.
+    """
     if is_traced(value):
         return
     if isinstance(value, bool) or np.ndim(value) != 0 or int(value) != value or value < 1:

@@ -391,10 +391,13 @@ def test_every_available_method_trains(name, tmp_path):
     assert any(jax.tree.leaves(moved)), name
 
 
+# `evaluation` and `experiment` are left out: every function there needs a model and data set,
+# too large for an example.
 @pytest.mark.parametrize(
-    "module_name",
-    ["config", "optim", "diagnostics", "checkpoint", "evaluation", "experiment", "train", "cli"],
+    "module_name", ["config", "optim", "diagnostics", "checkpoint", "train", "cli"]
 )
 def test_docstring_examples_run(module_name):
     module = importlib.import_module(f"camegrad_jax.rrg.{module_name}")
-    assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+    assert result.attempted > 0, f"{module_name} has no docstring example"
