@@ -237,7 +237,9 @@ def test_step_log_has_every_diagnostic(runs, name):
         np.testing.assert_allclose(log["update_norm"], log["joint_norm"], rtol=1e-5)
     else:
         np.testing.assert_allclose(log["dual_weights"].sum(axis=1), 1.0, rtol=1e-5)
-        assert np.all(log["solver_iterations"] >= 0)
+        # Every step's dual converged before the iteration cap (solver_maxiter = 200).
+        assert np.max(log["solver_iterations"]) < 200
+        assert np.max(log["duality_gap"]) <= 1e-4
 
 
 def test_update_samples_at_fixed_parameters(runs):
