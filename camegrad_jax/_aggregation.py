@@ -76,6 +76,18 @@ def gram_weighting_transformation(
 
     ``coefficients_fn(ΛGΛ) -> β`` gives the update Σ_i β_i h_i on the weighted gradients
     h_i = λ_i g_i; a non-finite G poisons the coefficients (see `_gram.guard_non_finite`).
+
+    Examples:
+      The mean of the weighted task gradients, as a transformation:
+
+      >>> import jax.numpy as jnp
+      >>> from camegrad_jax._aggregation import gram_weighting_transformation
+      >>> tx = gram_weighting_transformation(
+      ...     lambda gram: jnp.full(gram.shape[0], 0.5), name="mean", num_tasks=2,
+      ...     task_weights=[1.0, 3.0])
+      >>> grads = {"w": jnp.array([[2.0, 0.0], [0.0, 2.0]])}
+      >>> tx.update(grads, tx.init({"w": jnp.zeros(2)}))[0]["w"]  # (h_1 + h_2) / 2
+      Array([1., 3.], dtype=float32)
     """
 
     def weighting(gram, state, weights, **extra_args) -> WeightingResult:

@@ -60,6 +60,13 @@ def project_onto_dual_cone(
 
     Returns:
       (K,) coefficients :math:`c + \mu` with :math:`\mu \ge 0`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from camegrad_jax._cone import project_onto_dual_cone
+      >>> h = jnp.array([[1.0, 0.0], [-1.0, 1.0]])
+      >>> project_onto_dual_cone(h @ h.T, jnp.array([1.0, 0.0]))  # h_1 → h_1 + h_2 / 2
+      Array([1. , 0.5], dtype=float32)
     """
     dtype = gram.dtype
     trace = jnp.trace(gram)

@@ -32,7 +32,16 @@ def gradient_stats(
     gram: jax.Array, coefficients: jax.Array, task_weights: jax.Array
 ) -> GradientStats:
     """Statistics from the Gram matrix of the raw gradients g_i, the update Σ_i coefficients_i g_i
-    and the task weights λ (h_i = λ_i g_i)."""
+    and the task weights λ (h_i = λ_i g_i).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from camegrad_jax._diagnostics import gradient_stats
+      >>> g = jnp.array([[3.0, 0.0], [0.0, 4.0]])  # orthogonal: no conflict, ‖g_lin‖ = 5
+      >>> stats = gradient_stats(g @ g.T, jnp.ones(2), jnp.ones(2))
+      >>> stats.joint_norm, stats.magnitude_collapse_ratio  # 5 / (3 + 4)
+      (Array(5., dtype=float32), Array(0.71428573, dtype=float32))
+    """
     raw_norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
     outer = raw_norms[:, None] * raw_norms[None, :]
     # Positive weights do not change angles: cos(h_i, h_j) = cos(g_i, g_j).

@@ -29,6 +29,13 @@ def pseudo_inverse_psd(gram: jax.Array, rtol: float | None = None) -> jax.Array:
 
     Eigenvalues at most ``rtol · λ_max`` count as zero (default 8 K ε, above the round-off of an
     exactly singular matrix, e.g. one with two identical tasks).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from camegrad_jax._gram import pseudo_inverse_psd
+      >>> twins = jnp.ones((2, 2))  # two identical unit tasks: eigenvalues 2 and 0
+      >>> [round(x, 4) for x in pseudo_inverse_psd(twins).ravel().tolist()]
+      [0.25, 0.25, 0.25, 0.25]
     """
     eigenvalues, eigenvectors = jnp.linalg.eigh(gram)
     if rtol is None:

@@ -18,7 +18,18 @@ from camegrad_jax import _validation
 
 
 def task_losses(extra_args: dict[str, Any], num_tasks: int, name: str, dtype: Any) -> jax.Array:
-    """The (K,) task losses from ``update``'s extra arguments, in ``dtype`` (≥ float32)."""
+    """The (K,) task losses from ``update``'s extra arguments, in ``dtype`` (≥ float32).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from camegrad_jax._loss_values import task_losses
+      >>> task_losses({"value": jnp.array([0.5, 2.0])}, 2, "famo", jnp.float32)
+      Array([0.5, 2. ], dtype=float32)
+      >>> task_losses({}, 2, "famo", jnp.float32)
+      Traceback (most recent call last):
+      ...
+      ValueError: famo needs the K task losses: pass them to update as `value=losses` ...
+    """
     value = extra_args.get("value")
     if value is None:
         raise ValueError(

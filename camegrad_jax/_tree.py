@@ -269,7 +269,13 @@ def combine(leaves: Sequence[jax.Array], coefficients: jax.Array) -> list[jax.Ar
 def merge_by_mask(
     shared: Sequence[jax.Array], private: Sequence[jax.Array], mask: Sequence[bool]
 ) -> list[jax.Array]:
-    """Interleaves the shared and private leaves back into the original leaf order."""
+    """Interleaves the shared and private leaves back into the original leaf order.
+
+    Examples:
+      >>> from camegrad_jax._tree import merge_by_mask
+      >>> merge_by_mask(["s1", "s2"], ["p1"], [True, False, True])
+      ['s1', 'p1', 's2']
+    """
     shared_iter, private_iter = iter(shared), iter(private)
     return [next(shared_iter) if is_shared else next(private_iter) for is_shared in mask]
 

@@ -88,7 +88,15 @@ def check_unit_interval(value: Any, name: str) -> Verdict:
 
 
 def check_positive_int(value: Any, name: str) -> Verdict:
-    """Raises unless `value` is a positive integer; see `Verdict` for traced values."""
+    """Raises unless `value` is a positive integer; see `Verdict` for traced values.
+
+    Examples:
+      >>> from camegrad_jax._validation import check_positive_int
+      >>> check_positive_int(0, "num_tasks")
+      Traceback (most recent call last):
+      ...
+      ValueError: Parameter `num_tasks` should be a positive integer. Found `num_tasks = 0`.
+    """
     _check_real_scalar(value, name, "a positive integer")
     if is_traced(value):
         return value >= 1

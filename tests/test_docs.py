@@ -38,3 +38,5 @@ def test_docstring_examples(module_name):
         module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False
     )
     assert result.failed == 0, f"{result.failed} doctest failures in {module_name}"
+    # A module without examples would pass by running nothing.
+    assert result.attempted > 0, f"{module_name} has no docstring example"

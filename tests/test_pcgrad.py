@@ -13,6 +13,7 @@ from gradient_method_checks import (
     batch_of,
     check_bfloat16,
     check_properties,
+    initial_state,
     property_batch,
     rel_err,
     run,
@@ -24,17 +25,35 @@ DIM = 16
 SEED = {"seed": 0}
 
 
-def numpy_pcgrad(h, order):
-    """Algorithm 1 of the paper in parameter space, task i meeting the others in order[i]."""
-    total = np.zeros(h.shape[1])
-    for i in range(len(h)):
-        g = h[i].copy()
-        for j in order[i]:
-            inner = g @ h[j]
-            if j != i and inner < 0:
-                g = g - inner / (h[j] @ h[j]) * h[j]
+def numpy_pcgrad(h, order, *, skip_self=True):
+    """Algorithm 1 of the paper in parameter space, task i meeting the others in order[i].
+
+    Batched: h is (..., K, D) and order (..., K, K). `skip_self=False` is the rule the paper
+    excludes (j = i projected too); the tests use it only to show that a case tells them apart.
+    """
+    h, order = np.asarray(h, np.float64), np.asarray(order)
+    total = np.zeros(h.shape[:-2] + h.shape[-1:])
+    for i in range(h.shape[-2]):
+        g = h[..., i, :].copy()
+        for position in range(h.shape[-2]):
+            j = order[..., i, position]
+            h_j = np.take_along_axis(h, j[..., None, None], axis=-2)[..., 0, :]
+            inner = np.sum(g * h_j, axis=-1)
+            conflict = inner < 0
+            if skip_self:
+                conflict &= j != i
+            norm_sq = np.sum(h_j * h_j, axis=-1)  # > 0 wherever inner < 0
+            step = np.divide(inner, norm_sq, out=np.zeros_like(inner), where=conflict)
+            g = g - step[..., None] * h_j
         total += g
     return total
+
+
+def seeded_state(grads, seeds):
+    """The initial state of each problem, problem b drawing its task orders from seeds[b]."""
+    state = initial_state(pcgrad, grads, SEED)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
+    return state._replace(method_state=state.method_state._replace(key=keys))
 
 
 @functools.cache
@@ -95,6 +114,58 @@ def test_many_tasks_properties():
         i = properties.index(name)
         order = np.asarray(state.method_state.task_order[i])
         assert rel_err(updates[i], numpy_pcgrad(properties.grads[i], order)) <= 1e-5
+
+
+def five_slot_run(grads, weights):
+    """One update of each of FIVE_SLOTS (B, 5, DIM) problems, problem b with seed b: one
+    compilation for every test of up to five tasks (an absent task is a zero gradient, which
+    never conflicts, so it is never projected against and never moves)."""
+    state = seeded_state(grads, np.arange(len(grads)))
+    updates, state = run(pcgrad, grads, hyper=SEED, task_weights=weights, state=state)
+    h = weights[..., None] * grads
+    orders = np.asarray(state.method_state.task_order)
+    scale = np.sum(np.linalg.norm(h, axis=-1), axis=-1)
+    expected = numpy_pcgrad(h, orders)
+    self_projected = numpy_pcgrad(h, orders, skip_self=False)
+    error = np.linalg.norm(updates - expected, axis=-1) / scale
+    apart = np.linalg.norm(self_projected - expected, axis=-1) / scale
+    return orders, error, apart
+
+
+FIVE_SLOTS = 1024
+
+
+def test_a_task_turned_against_itself_is_not_projected_onto_itself():
+    # Task 0 meets task 1, then task 2: (1, 0) becomes (0.5, 0.5) against (-1, 1), then
+    # (-0.1, 0.3) against (-3, -1), which conflicts with task 0 itself. Algorithm 1 (j != i)
+    # keeps it; projecting it against task 0 too would give (0, 0.3). In the other order it ends
+    # at (-0.1, -0.1), turned as well. Every seed draws other orders for the same problem.
+    grads = np.zeros((FIVE_SLOTS, 5, DIM))
+    grads[:, :3, :2] = [[1.0, 0.0], [-1.0, 1.0], [-3.0, -1.0]]
+    orders, error, apart = five_slot_run(grads, np.ones((FIVE_SLOTS, 5)))
+    assert np.max(error) <= 1e-5
+    position = np.argsort(orders[:, 0], axis=-1)  # position[b, j]: when task 0 meets task j
+    last = (position[:, 0] > position[:, 1]) & (position[:, 0] > position[:, 2])
+    assert np.sum(last) >= 100
+    assert np.all(apart[last] > 0.01), np.min(apart[last])
+
+
+def test_random_problems_match_algorithm_1():
+    # 3 to 5 tasks, spanning 2, 3, 4 or all DIM coordinates: in few dimensions conflicts pile
+    # up and a task's projected gradient can turn against its own, and each problem draws its
+    # own task orders.
+    rng = np.random.default_rng(10)
+    present = rng.integers(3, 6, size=FIVE_SLOTS)
+    span = rng.choice([2, 3, 4, DIM], size=FIVE_SLOTS)
+    grads = batch_of(rng, FIVE_SLOTS, 5, DIM)
+    grads = np.where(np.arange(DIM) < span[:, None, None], grads, 0.0)
+    grads = np.where(np.arange(5)[:, None] < present[:, None, None], grads, 0.0)
+    weights = rng.uniform(0.5, 3.0, size=(FIVE_SLOTS, 5))
+    _, error, apart = five_slot_run(grads, weights)
+    assert np.max(error) <= 1e-5
+    # Enough of them tell Algorithm 1 from projecting a task against itself, at each K.
+    for num_tasks in (3, 4, 5):
+        assert np.sum(apart[present == num_tasks] > 1e-3) >= 3, num_tasks
 
 
 def test_seed_sets_the_draw():

@@ -50,7 +50,17 @@ _REPLACED = ".replaced"
 
 
 def checkpoint_path(save_dir: str | Path, kind: CheckpointKind) -> Path:
-    """The folder of the ``kind`` checkpoints of the run in ``save_dir``."""
+    """The folder of the ``kind`` checkpoints of the run in ``save_dir``.
+
+    Examples:
+      >>> from camegrad_jax.rrg.checkpoint import checkpoint_path
+      >>> checkpoint_path("/runs/a", "best").as_posix()
+      '/runs/a/checkpoints/best'
+      >>> checkpoint_path("/runs/a", "last")
+      Traceback (most recent call last):
+      ...
+      ValueError: `kind` should be one of ('latest', 'best'). Found `kind = 'last'`.
+    """
     if kind not in _KINDS:
         raise ValueError(f"`kind` should be one of {_KINDS}. Found `kind = {kind!r}`.")
     return Path(save_dir).absolute() / "checkpoints" / kind

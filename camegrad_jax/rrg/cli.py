@@ -49,6 +49,12 @@ def _optional_float(text: str) -> float | None:
 
 
 def _key_value(text: str) -> tuple[str, Any]:
+    """A ``--method-option KEY=VALUE``: the value read as JSON where it parses, else as text.
+
+    Examples:
+      >>> _key_value("solver_maxiter=50"), _key_value("solver=apg")
+      (('solver_maxiter', 50), ('solver', 'apg'))
+    """
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")

@@ -225,7 +225,18 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error (they would be ignored)."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error (they would be ignored).
+
+        Examples:
+          >>> from camegrad_jax.rrg.config import TrainConfig
+          >>> config = TrainConfig(optimizer="linear", conv_features=(8, 16))
+          >>> TrainConfig.from_dict(config.to_dict()) == config
+          True
+          >>> TrainConfig.from_dict({"optimiser": "linear"})
+          Traceback (most recent call last):
+          ...
+          ValueError: Unknown TrainConfig fields: ['optimiser'].
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

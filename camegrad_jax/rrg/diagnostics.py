@@ -152,7 +152,19 @@ def _describe(values: np.ndarray) -> dict[str, Any]:
 def summarize_step_log(log: StepLog) -> dict[str, Any]:
     """Mean, std, min, max and quantiles of every per-step field (per component for vector
     fields); the mean of ``conflict`` is the share of steps in conflict. Adds
-    ``update_to_joint_norm`` (‖update‖ / ‖g_lin‖ per step) when both norms were logged."""
+    ``update_to_joint_norm`` (‖update‖ / ‖g_lin‖ per step) when both norms were logged.
+
+    Examples:
+      >>> from camegrad_jax.rrg.diagnostics import StepLog, summarize_step_log
+      >>> log = StepLog()
+      >>> log.extend([{"step": 0, "conflict": True, "update_norm": 1.0, "joint_norm": 2.0},
+      ...             {"step": 1, "conflict": False, "update_norm": 3.0, "joint_norm": 3.0}])
+      >>> summary = summarize_step_log(log)
+      >>> summary["num_steps"], summary["conflict"]["mean"]
+      (2, 0.5)
+      >>> summary["update_to_joint_norm"]["min"], summary["update_to_joint_norm"]["max"]
+      (0.5, 1.0)
+    """
     arrays = log.arrays()
     if not len(log):
         return {"num_steps": 0}

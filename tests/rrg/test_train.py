@@ -331,7 +331,9 @@ def test_step_log_has_every_diagnostic(runs, name):
         np.testing.assert_allclose(log["update_norm"], log["joint_norm"], rtol=1e-5)
     else:
         np.testing.assert_allclose(log["dual_weights"].sum(axis=1), 1.0, rtol=1e-5)
-        assert np.all(log["solver_iterations"] >= 0)
+        # Every step's dual converged before the iteration cap (solver_maxiter = 200).
+        assert np.max(log["solver_iterations"]) < 200
+        assert np.max(log["duality_gap"]) <= 1e-4
 
 
 def test_update_samples_at_fixed_parameters(runs):
@@ -485,20 +487,13 @@ def test_every_available_method_trains(name, tmp_path):
     assert any(jax.tree.leaves(moved)), name
 
 
+# `evaluation` and `experiment` are left out: every function there needs a model and data set,
+# too large for an example.
 @pytest.mark.parametrize(
-    "module_name",
-    [
-        "config",
-        "optim",
-        "diagnostics",
-        "checkpoint",
-        "evaluation",
-        "experiment",
-        "train",
-        "cli",
-        "rundir",
-    ],
+    "module_name", ["config", "optim", "diagnostics", "checkpoint", "train", "cli", "rundir"]
 )
 def test_docstring_examples_run(module_name):
     module = importlib.import_module(f"camegrad_jax.rrg.{module_name}")
-    assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+    assert result.attempted > 0, f"{module_name} has no docstring example"
