@@ -37,12 +37,25 @@ def pseudo_inverse_psd(gram: jax.Array, rtol: float | None = None) -> jax.Array:
       >>> [round(x, 4) for x in pseudo_inverse_psd(twins).ravel().tolist()]
       [0.25, 0.25, 0.25, 0.25]
     """
-    eigenvalues, eigenvectors = jnp.linalg.eigh(gram)
     if rtol is None:
         rtol = 8 * gram.shape[0] * float(jnp.finfo(gram.dtype).eps)
-    cutoff = rtol * jnp.max(eigenvalues)
-    inverse = jnp.where(eigenvalues > cutoff, 1.0 / jnp.where(eigenvalues > 0, eigenvalues, 1.0), 0)
-    return (eigenvectors * inverse) @ eigenvectors.T
+
+    def spectral_inverse(matrix):
+        eigenvalues, eigenvectors = jnp.linalg.eigh(matrix)
+        kept = eigenvalues > rtol * jnp.max(eigenvalues)
+        inverse = jnp.where(kept, 1.0 / jnp.where(eigenvalues > 0, eigenvalues, 1.0), 0)
+        return (eigenvectors * inverse) @ eigenvectors.T, jnp.all(kept)
+
+    # When the gradients are linearly independent, G⁻¹ = D⁻¹C⁻¹D⁻¹ with D = diag ‖h_i‖ and C the
+    # cosine matrix: inverting C keeps a task whose gradient is orders of magnitude smaller than
+    # the others' (G's own spectrum would drop it below the cutoff). Dependent gradients (a
+    # singular C) take the Moore–Penrose pseudo-inverse of G itself.
+    norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+    inverse_norms = jnp.where(norms > 0, 1.0 / jnp.where(norms > 0, norms, 1.0), 0.0)
+    cosine = gram * inverse_norms[:, None] * inverse_norms[None, :]
+    cosine_inverse, invertible = spectral_inverse(cosine)
+    equilibrated = cosine_inverse * inverse_norms[:, None] * inverse_norms[None, :]
+    return jnp.where(invertible & jnp.all(norms > 0), equilibrated, spectral_inverse(gram)[0])
 
 
 def guard_non_finite(

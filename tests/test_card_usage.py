@@ -281,9 +281,14 @@ def test_a_schedule_out_of_range_poisons_the_step_and_keeps_the_state(factory, n
         optax.inject_hyperparams(factory)(**{name: schedule}), optax.apply_if_finite(inner, 5)
     )
     state = tx.init(params)
+    update = jax.jit(tx.update)
     for step in range(4):
         _, grads = cg.task_gradients(losses, params)
-        updates, new_state = tx.update(grads, state, params)
+        if step == 2:
+            # Run eagerly, the factory sees the concrete value and refuses it by name.
+            with pytest.raises(ValueError, match=f"Parameter `{name}`"):
+                tx.update(grads, state, params)
+        updates, new_state = update(grads, state, params)
         finite = all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
         if step < 2:
             assert finite
