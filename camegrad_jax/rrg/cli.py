@@ -71,6 +71,12 @@ def _train_flags() -> list[_Flag]:
         ("--synthetic-test-size", "synthetic_test_size", {"type": int}, "synthetic test"),
         ("--synthetic-seed", "synthetic_seed", {"type": int}, "seed of the synthetic data"),
         ("--synthetic-views", "synthetic_num_views", {"type": int, "choices": (1, 2)}, "views"),
+        (
+            "--synthetic-generator",
+            "synthetic_generator",
+            {"choices": ("v1", "v2")},
+            "synthetic data: v2 realistic (default), v1 the data of the v1 results",
+        ),
         ("--image-size", "image_size", {"type": int}, "square image side"),
         ("--max-len", "max_len", {"type": int}, "tokens per report, BOS/EOS included"),
         # Model.
@@ -292,6 +298,12 @@ def _add_make_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
         help="2: IU X-Ray layout, 1: MIMIC-CXR layout (%(default)s)",
     )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="data seed (%(default)s)")
+    parser.add_argument(
+        "--generator",
+        choices=("v1", "v2"),
+        default=defaults.generator,
+        help="v2: realistic data; v1: the data of the v1 results (%(default)s)",
+    )
 
 
 def _run_make_synthetic(args: argparse.Namespace) -> int:
@@ -304,6 +316,7 @@ def _run_make_synthetic(args: argparse.Namespace) -> int:
         num_test=args.num_test,
         image_size=args.image_size,
         num_views=args.num_views,
+        generator=args.generator,
     )
     ann_path = write_r2gen_layout(config, args.out_dir)
     print(
