@@ -11,7 +11,9 @@ Measures, on the synthetic data of the default training configuration (issue 14'
    share of steps whose two task gradients on the shared encoder conflict (cosine < 0; target
    >= 40 %) and the mean magnitude-collapse ratio ``||g_lin|| / sum ||lambda_i g_i||`` (target
    <= 0.80);
-4. the gold-label agreement of the rule-based labeler on the test reports.
+4. the gold-label agreement of the rule-based labeler on the test reports;
+5. the best constant report (one training report written for every test study): its CE with
+   and without ``no_finding``, the floor an image-blind decoder reaches.
 
 Usage::
 
@@ -32,7 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from camegrad_jax.rrg.compare import constant_report_baseline
 from camegrad_jax.rrg.config import TrainConfig
+from camegrad_jax.rrg.data import build_dataset
 from camegrad_jax.rrg.labeler import label_reports, labeler_agreement
 from camegrad_jax.rrg.metrics import roc_auc
 from camegrad_jax.rrg.observations import OBSERVATIONS, POSITIVE
@@ -130,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         "overall_accuracy": agreement.overall_accuracy,
         "positive_f1_macro": agreement.positive_f1_macro,
     }
+    dataset = build_dataset(splits, dataset_name=config.synthetic_config().dataset_name)
+    constant = constant_report_baseline(dataset)
+    result["constant_report"] = {
+        "report": constant["report"],
+        **{k: constant["metrics"][k] for k in _REPORTED_METRICS if k in constant["metrics"]},
+    }
     if not args.probe_only:
         from camegrad_jax.rrg.train import train
 
@@ -158,7 +168,8 @@ _REPORTED_METRICS = (
     "ce_example_f1",
     "ce_example_no_nf_f1",
     "ce_label_macro_f1",
-    "bleu_4",
+    "ce_label_macro_no_nf_f1",
+    "BLEU_4",
     "aux_auc_macro",
 )
 
