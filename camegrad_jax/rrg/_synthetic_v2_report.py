@@ -88,10 +88,10 @@ _SEEN = ("is seen", "is noted", "is present", "is demonstrated", "is identified"
 _SEEN_AGAIN = ("is again seen", "is redemonstrated", "is again noted")
 _BASE = {"right": "right basilar", "left": "left basilar", "bilateral": "bibasilar"}
 _CHANGE_PREFIX = {
-    "new": ("new", "interval development of", "newly seen"),
-    "stable": ("stable", "unchanged", "persistent"),
-    "increased": ("slightly increased", "increasing", "worsening"),
-    "decreased": ("decreasing", "slightly decreased", "improving"),
+    "new": ("new", "interval development of", "newly seen", "newly apparent"),
+    "stable": ("stable", "unchanged", "persistent", "grossly unchanged", "similar"),
+    "increased": ("slightly increased", "increasing", "worsening", "enlarging", "progressive"),
+    "decreased": ("decreasing", "slightly decreased", "improving", "slightly smaller"),
 }
 _NEGATED_NOUNS = {
     "lung_opacity": ("focal airspace opacity", "focal opacity", "airspace disease"),
@@ -233,6 +233,17 @@ _HABITUS = (
     "Large body habitus limits the study.",
     "Overlying soft tissues limit evaluation of the lung bases.",
     "The study is limited by body habitus and underpenetration.",
+)
+# Statements that carry no label, written now and then as radiologists do.
+_NEUTRAL = (
+    "The trachea is midline.",
+    "The hila are normal in size.",
+    "The aortic arch is unremarkable.",
+    "Visualized soft tissues are within normal limits.",
+)
+_NIPPLE_SHADOWS = (
+    "Nipple shadows project over both lung bases.",
+    "Bilateral nipple shadows are noted.",
 )
 _VASCULATURE_NORMAL = (
     "Pulmonary vascularity is within normal limits.",
@@ -648,6 +659,7 @@ def _technique(rng: np.random.Generator, study: Study, num_views: int) -> str:
                 "AP and lateral views of the chest.",
                 "Portable AP and lateral chest.",
                 "Semi-upright AP and lateral views of the chest.",
+                "Bedside AP and lateral radiographs of the chest were obtained.",
             )
             if ap
             else (
@@ -656,6 +668,7 @@ def _technique(rng: np.random.Generator, study: Study, num_views: int) -> str:
                 "PA and lateral chest radiographs.",
                 "Frontal and lateral views of the chest.",
                 "Upright PA and lateral views of the chest.",
+                "Erect PA and lateral radiographs of the thorax.",
             )
         )
     else:
@@ -1020,6 +1033,10 @@ def write_report(study: Study, rng: np.random.Generator, *, num_views: int = 2) 
     if rng.random() < 0.1:
         sentences.append((5.5, _pick(rng, _ABDOMEN_NORMAL)))
     sentences.extend(_limitations(rng, study))
+    if rng.random() < 0.12:
+        sentences.append((1.2, _pick(rng, _NEUTRAL)))
+    if "nipple_shadows" in study.lookalikes and rng.random() < 0.3:
+        sentences.append((2.3, _pick(rng, _NIPPLE_SHADOWS)))
     if f.label("edema") in (BLANK, NEGATIVE) and rng.random() < 0.15:
         sentences.append((2.5, _pick(rng, _VASCULATURE_NORMAL)))
     if not sentences:  # a findings section is never empty: a statement without a label

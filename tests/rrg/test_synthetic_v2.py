@@ -83,7 +83,7 @@ def test_reports_have_sections_technique_and_comparison(sample):
     for study, report in zip(studies, reports, strict=True):
         head, rest = report.split(" FINDINGS: ")
         findings, impression = rest.split(" IMPRESSION: ")
-        assert "view" in head or "chest" in head
+        assert any(word in head for word in ("view", "chest", "thorax"))
         assert findings and impression
         abnormal = any(
             f.state == POSITIVE and f.name != "support_devices" for f in study.findings.present
@@ -109,7 +109,8 @@ def test_reports_have_sections_technique_and_comparison(sample):
 
 def test_vocabulary_and_length_targets(sample):
     _, reports = sample
-    words = [clean_report(r, "iu_xray").split() for r in reports]
+    # R2Gen's cleaning keeps "." as a token; words are the other tokens.
+    words = [[w for w in clean_report(r, "iu_xray").split() if w != "."] for r in reports]
     vocabulary = {w for ws in words for w in ws}
     assert len(vocabulary) >= 600
     assert np.mean([len(ws) for ws in words]) >= 30
