@@ -108,3 +108,13 @@ def test_bad_flags_are_rejected(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--method-option", "no_equals_sign"])
     assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_make_synthetic_can_write_the_v1_data(tmp_path):
+    args = ["--num-train", "4", "--num-val", "2", "--num-test", "2", "--image-size", "16"]
+    assert main(["make-synthetic", str(tmp_path), *args, "--generator", "v1"]) == 0
+    written = json.loads((tmp_path / "annotation.json").read_text())
+    v1 = generate_synthetic(
+        SyntheticConfig(num_train=4, num_val=2, num_test=2, image_size=16, generator="v1")
+    )
+    assert [e["report"] for e in written["train"]] == list(v1["train"].reports)

@@ -239,3 +239,15 @@ def test_hidden_finding_is_drawn_and_a_no_new_one_is_not(sample):
         dataclasses.replace(study, findings=findings), np.random.default_rng(0), image_size=64
     )
     assert np.array_equal(a, b)
+
+
+def test_train_config_selects_the_generator_and_older_configs_read_as_v1():
+    from camegrad_jax.rrg.config import TrainConfig
+
+    assert TrainConfig().synthetic_config().generator == "v2"
+    assert TrainConfig(synthetic_generator="v1").synthetic_config().generator == "v1"
+    stored = TrainConfig().to_dict()
+    del stored["synthetic_generator"]  # a config.json written before v2 existed
+    assert TrainConfig.from_dict(stored).synthetic_generator == "v1"
+    with pytest.raises(ValueError, match="`synthetic_generator`"):
+        TrainConfig(synthetic_generator="v3")
