@@ -79,8 +79,9 @@ GENERATORS: tuple[str, ...] = ("v1", "v2")  # see the module docstring
 class SyntheticConfig:
     """Size and seed of the synthetic data set.
 
-    The defaults (2000/250/250 studies, two 64x64 views) generate in about 9 s on one core and
-    let the reference model train in minutes on two CPU cores.
+    The defaults (2000/250/250 studies, two 64x64 views) generate in about 9 s of CPU time
+    (v2; v1 takes about 30 % less) and let the reference model train in minutes on two CPU
+    cores.
 
     Attributes:
       seed: the data set's seed; different seeds give different data sets.
