@@ -290,7 +290,9 @@ def _polish_on_support(support, gram, radius, centre):
     norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
     inverse_norms = jnp.where(support & (norms > 0), 1.0 / jnp.where(norms > 0, norms, 1.0), 1.0)
     restricted = jnp.where(
-        both, gram * inverse_norms[:, None] * inverse_norms[None, :], jnp.eye(num_tasks, dtype=dtype)
+        both,
+        gram * inverse_norms[:, None] * inverse_norms[None, :],
+        jnp.eye(num_tasks, dtype=dtype),
     )
     eigenvalues, eigenvectors = jnp.linalg.eigh(restricted)
     cutoff = num_tasks * eps * jnp.max(jnp.abs(eigenvalues))

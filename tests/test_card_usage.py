@@ -56,7 +56,9 @@ def test_every_method_sizes_its_state_from_the_first_update(method):
         params = optax.apply_updates(params, updates)
     if hasattr(state[0], "coefficients"):  # Stateless linear scalarization keeps no state.
         assert state[0].coefficients.shape == (2,)
-    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state) if x.dtype.kind == "f")
+    assert all(
+        bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state) if x.dtype.kind == "f"
+    )
 
 
 @pytest.mark.parametrize("method", SAMPLE, ids=lambda m: m.name)
@@ -243,7 +245,9 @@ def test_integer_and_complex_gradients_are_refused_by_dtype(method, dtype):
 )
 @pytest.mark.parametrize("bad", ["0.5", True, 1 + 2j, [0.5], None])
 def test_hyperparameters_of_the_wrong_type_are_refused_by_name(factory, argument, bad):
-    with pytest.raises(TypeError, match=rf"Parameter `{argument}` should be .* Found `{argument} ="):
+    with pytest.raises(
+        TypeError, match=rf"Parameter `{argument}` should be .* Found `{argument} ="
+    ):
         factory(**{argument: bad})
 
 

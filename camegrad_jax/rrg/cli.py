@@ -79,6 +79,12 @@ def _train_flags() -> list[_Flag]:
         ("--synthetic-test-size", "synthetic_test_size", {"type": int}, "synthetic test"),
         ("--synthetic-seed", "synthetic_seed", {"type": int}, "seed of the synthetic data"),
         ("--synthetic-views", "synthetic_num_views", {"type": int, "choices": (1, 2)}, "views"),
+        (
+            "--synthetic-generator",
+            "synthetic_generator",
+            {"choices": ("v1", "v2")},
+            "synthetic data: v2 realistic (default), v1 the data of the v1 results",
+        ),
         ("--image-size", "image_size", {"type": int}, "square image side"),
         ("--max-len", "max_len", {"type": int}, "tokens per report, BOS/EOS included"),
         # Model.
@@ -308,6 +314,12 @@ def _add_make_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
         help="write into a folder that already holds annotation.json or images (files of the "
         "same names are replaced)",
     )
+    parser.add_argument(
+        "--generator",
+        choices=("v1", "v2"),
+        default=defaults.generator,
+        help="v2: realistic data; v1: the data of the v1 results (%(default)s)",
+    )
 
 
 def _refuse_to_overwrite(out_dir: Path) -> None:
@@ -337,6 +349,7 @@ def _run_make_synthetic(args: argparse.Namespace) -> int:
         num_test=args.num_test,
         image_size=args.image_size,
         num_views=args.num_views,
+        generator=args.generator,
     )
     check_writable(args.out_dir, "output folder")
     ann_path = write_r2gen_layout(config, args.out_dir)

@@ -70,6 +70,7 @@ __all__ = [
     "dynamics_table",
     "format_summary",
     "markdown_tables",
+    "min_seeds_for_significance",
     "constant_report_baseline",
     "paired_comparison",
     "plan_runs",
@@ -104,6 +105,9 @@ _AUX = {"aux_auc_macro": "AUC macro", "aux_auc_micro": "AUC micro", "aux_f1_macr
 TABLE_METRICS: tuple[str, ...] = (
     *(f"ce_example_{name}" for name in _CE),
     *(f"ce_label_macro_{name}" for name in _CE),
+    # CE F1 over the 13 findings (no `no_finding`): a "normal" report cannot score there.
+    "ce_example_no_nf_f1",
+    "ce_label_macro_no_nf_f1",
     *_NLG,
     *_AUX,
 )
@@ -559,6 +563,23 @@ def aggregate_table(
     return table
 
 
+def min_seeds_for_significance(confidence: float) -> int:
+    """Fewest paired seeds whose exact two-sided sign-flip test can reach ``p <= 1 - confidence``.
+
+    With n pairs the smallest attainable p-value is 2^(1 − n) (all differences of one sign), so
+    at 95 % confidence at least 6 seeds are needed (p >= 0.0625 with 5 seeds, 0.03125 with 6).
+    Below that, no outcome of the comparison can be significant.
+
+    Examples:
+      >>> min_seeds_for_significance(0.95)
+      6
+    """
+    n = 1
+    while 2.0 ** (1 - n) > 1.0 - confidence:
+        n += 1
+    return n
+
+
 def _verdict(method: str, metric: str, diffs: Sequence[float], ci: Any, p: float, conf: float):
     n = len(diffs)
     level = f"{round(100 * conf)} %"
@@ -566,6 +587,15 @@ def _verdict(method: str, metric: str, diffs: Sequence[float], ci: Any, p: float
     head = f"{method} − {BASELINE} on {metric}: {shown} ({level} bootstrap CI over {n} seeds)"
     if n < 2:
         return "insufficient", f"{head}: one seed, no interval; nothing can be concluded."
+    needed = min_seeds_for_significance(conf)
+    if n < needed:
+        # A bootstrap interval over so few seeds can exclude 0 by chance; the exact test
+        # cannot reach significance whatever the differences, so no verdict is given.
+        return "insufficient", (
+            f"{head}: {n} seeds cannot establish a difference (the exact sign-flip test cannot "
+            f"go below p = {2.0 ** (1 - n):.2f}; {needed} seeds are the minimum for "
+            f"p <= {1.0 - conf:.2f}), so the interval only describes these seeds."
+        )
     if ci.low > 0:
         verdict, text = "improves", f"{head}: the improvement holds (the CI excludes 0)"
     elif ci.high < 0:
@@ -573,10 +603,7 @@ def _verdict(method: str, metric: str, diffs: Sequence[float], ci: Any, p: float
     else:
         verdict, text = "no_difference", f"{head}: no significant difference (the CI includes 0)"
     if verdict != "no_difference" and p > 1.0 - conf:
-        text += (
-            f", but with {n} seeds the exact sign-flip test gives p = {p:.2f}, so this is weak "
-            "evidence"
-        )
+        text += f", but the exact sign-flip test gives p = {p:.2f}, so this is weak evidence"
     return verdict, text + "."
 
 
@@ -593,7 +620,9 @@ def paired_comparison(
     Returns:
       ``{name: {metric: {"differences", "seeds", "mean", "ci_low", "ci_high", "p_sign_flip",
       "verdict", "sentence"}}}``; empty without the baseline. ``verdict`` is ``"improves"``
-      (the CI lies above 0), ``"worse"`` (below 0), ``"no_difference"`` or ``"insufficient"``.
+      (the CI lies above 0), ``"worse"`` (below 0), ``"no_difference"``, or ``"insufficient"``
+      when there are fewer seeds than `min_seeds_for_significance` (the exact sign-flip test
+      could not be significant whatever the outcome).
     """
     base = {r["seed"]: r for r in _by_name(records, baseline)}
     out: dict[str, dict[str, Any]] = {}
@@ -734,7 +763,8 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def _paper_columns(protocol: str) -> list[tuple[str, str]]:
     ce = [(f"{protocol}_{k}", label) for k, label in _CE.items() if k != "avg"]
-    return [*ce, *_NLG.items(), (f"{protocol}_avg", _CE["avg"])]
+    no_nf = (f"{protocol}_no_nf_f1", "F1 w/o NF")
+    return [*ce, no_nf, *_NLG.items(), (f"{protocol}_avg", _CE["avg"])]
 
 
 def markdown_tables(summary: Mapping[str, Any]) -> dict[str, str]:
@@ -1111,8 +1141,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     metrics."""
     table, dynamics = summary["table"], summary["dynamics"]
     header = (
-        f"{'method':22s} {'CE F1 ex':>15s} {'CE F1 macro':>15s} {'CE Avg ex':>15s} "
-        f"{'B-4':>15s} {'AUC':>15s} {'conflict':>9s} {'collapse':>9s} {'noise tr':>10s}"
+        f"{'method':22s} {'CE F1 ex':>15s} {'CE F1 ex w/o NF':>15s} {'CE F1 macro':>15s} "
+        f"{'CE Avg ex':>15s} {'B-4':>15s} {'AUC':>15s} {'conflict':>9s} {'collapse':>9s} "
+        f"{'noise tr':>10s}"
     )
     lines = [f"seeds {summary['config']['seeds']}", header]
     for name, row in table.items():
@@ -1121,7 +1152,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         collapse = dyn.get("collapse_ratio_mean", {}).get("mean")
         noise = dyn.get("noise_trace_shared", {}).get("mean")
         lines.append(
-            f"{name:22s} {_cell(row['ce_example_f1']):>15s} {_cell(row['ce_label_macro_f1']):>15s}"
+            f"{name:22s} {_cell(row['ce_example_f1']):>15s}"
+            f" {_cell(row['ce_example_no_nf_f1']):>15s} {_cell(row['ce_label_macro_f1']):>15s}"
             f" {_cell(row['ce_example_avg']):>15s} {_cell(row['BLEU_4']):>15s}"
             f" {_cell(row['aux_auc_macro']):>15s} "
             f"{'–' if conflict is None else f'{conflict:.0%}':>9s} {_fmt(collapse):>9s} "
@@ -1132,6 +1164,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         metrics = constant["metrics"]
         lines.append(
             f"{'(one constant report)':22s} {_fmt(metrics['ce_example_f1']):>15s} "
+            f"{_fmt(metrics.get('ce_example_no_nf_f1')):>15s} "
             f"{_fmt(metrics['ce_label_macro_f1']):>15s} {_fmt(metrics['ce_example_avg']):>15s} "
             f"{_fmt(metrics['BLEU_4']):>15s}"
         )

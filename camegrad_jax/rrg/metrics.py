@@ -22,6 +22,11 @@
 
   "CE Avg." in the paper's tables is the mean of CE precision, recall and F1; it is reported
   per protocol as ``..._avg``.
+
+  Both protocols are also reported without the ``no_finding`` observation (``..._no_nf_...``):
+  with it, a constant normal report scores well on the many normal studies (example-based
+  F1 about 0.5 on the v1 synthetic data), so a model can score by writing "normal"; over the
+  13 findings alone it scores only on the findings it gets right.
 * Auxiliary head (the paper's Appendix F): positive class against the rest, per observation,
   from predicted probabilities; macro and micro AUC, precision, recall and F1.
 """
@@ -43,9 +48,13 @@ from camegrad_jax.rrg.labeler import check_labels, label_reports
 from camegrad_jax.rrg.observations import (
     NUM_LABEL_CLASSES,
     NUM_OBSERVATIONS,
+    OBSERVATIONS,
     POSITIVE,
     UNCERTAIN,
 )
+
+# The 13 findings: every observation but `no_finding`.
+_FINDING_COLUMNS = np.array([i for i, name in enumerate(OBSERVATIONS) if name != "no_finding"])
 
 Labeler = Callable[[Sequence[str]], np.ndarray]
 
@@ -251,7 +260,10 @@ def _with_average(precision: float, recall: float, f1: float) -> dict[str, float
 
 
 def clinical_efficacy_example_based(
-    generated_labels: np.ndarray, reference_labels: np.ndarray
+    generated_labels: np.ndarray,
+    reference_labels: np.ndarray,
+    *,
+    exclude_no_finding: bool = False,
 ) -> dict[str, float]:
     """CE, example-based ("instance-level"; PromptMRG, the paper's Section 4.2).
 
@@ -264,11 +276,22 @@ def clinical_efficacy_example_based(
     Args:
       generated_labels: ``(N, 14)`` labels of the generated reports, values in {0, 1, 2, 3}.
       reference_labels: ``(N, 14)`` labels of the reference reports.
+      exclude_no_finding: count over the 13 findings only (``no_finding`` left out).
 
     Returns:
       ``{"precision", "recall", "f1", "avg"}``; ``avg`` is the mean of the other three.
+
+    Example:
+      >>> import numpy as np
+      >>> normal = np.zeros((1, 14), int); normal[0, -1] = 1  # only `no_finding` positive
+      >>> clinical_efficacy_example_based(normal, normal)["f1"]
+      1.0
+      >>> clinical_efficacy_example_based(normal, normal, exclude_no_finding=True)["f1"]
+      0.0
     """
     generated, reference = _check_label_pair(generated_labels, reference_labels)
+    if exclude_no_finding:
+        generated, reference = generated[:, _FINDING_COLUMNS], reference[:, _FINDING_COLUMNS]
     pred, gold = generated == POSITIVE, reference == POSITIVE
     tp = (pred & gold).sum(1)
     fp = (pred & ~gold).sum(1)
@@ -281,7 +304,10 @@ def clinical_efficacy_example_based(
 
 
 def clinical_efficacy_label_macro(
-    generated_labels: np.ndarray, reference_labels: np.ndarray
+    generated_labels: np.ndarray,
+    reference_labels: np.ndarray,
+    *,
+    exclude_no_finding: bool = False,
 ) -> dict[str, float]:
     """CE, label-macro (the released CAME-Grad code).
 
@@ -292,11 +318,14 @@ def clinical_efficacy_label_macro(
     Args:
       generated_labels: ``(N, 14)`` labels of the generated reports, values in {0, 1, 2, 3}.
       reference_labels: ``(N, 14)`` labels of the reference reports.
+      exclude_no_finding: average over the 13 findings only (``no_finding`` left out).
 
     Returns:
       ``{"precision", "recall", "f1", "avg"}``; ``avg`` is the mean of the other three.
     """
     generated, reference = _check_label_pair(generated_labels, reference_labels)
+    if exclude_no_finding:
+        generated, reference = generated[:, _FINDING_COLUMNS], reference[:, _FINDING_COLUMNS]
     pred = np.isin(generated, (POSITIVE, UNCERTAIN))
     gold = np.isin(reference, (POSITIVE, UNCERTAIN))
     tp = (pred & gold).sum(0)
@@ -452,8 +481,9 @@ def evaluate_reports(
     Returns:
       ``BLEU_1``–``BLEU_4``, ``METEOR`` (``None`` without Java), ``ROUGE_L``;
       ``ce_example_{precision,recall,f1,avg}`` (`clinical_efficacy_example_based`);
-      ``ce_label_macro_{precision,recall,f1,avg}`` (`clinical_efficacy_label_macro`); and
-      ``METEOR_note`` only when METEOR was not computed.
+      ``ce_label_macro_{precision,recall,f1,avg}`` (`clinical_efficacy_label_macro`); the
+      same two without ``no_finding``, ``ce_example_no_nf_*`` and ``ce_label_macro_no_nf_*``;
+      and ``METEOR_note`` only when METEOR was not computed.
     """
     scores = nlg_scores(generated, references, meteor=meteor)
     note = scores.pop("METEOR_note", None)
@@ -464,8 +494,10 @@ def evaluate_reports(
         ("ce_example", clinical_efficacy_example_based),
         ("ce_label_macro", clinical_efficacy_label_macro),
     ):
-        for name, value in protocol(generated_labels, reference_labels).items():
-            scores[f"{prefix}_{name}"] = value
+        for suffix, exclude in (("", False), ("_no_nf", True)):
+            values = protocol(generated_labels, reference_labels, exclude_no_finding=exclude)
+            for name, value in values.items():
+                scores[f"{prefix}{suffix}_{name}"] = value
     if note is not None:
         scores["METEOR_note"] = note
     return scores

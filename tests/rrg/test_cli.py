@@ -190,3 +190,13 @@ def test_a_diverging_run_is_named(tmp_path, capsys):
     watched = np.stack([log["loss_lm"], log["loss_cls"], log["update_norm"]], axis=1)
     assert log["step"][-1] == step and not np.all(np.isfinite(watched[-1]))
     assert np.all(np.isfinite(watched[:-1]))
+
+
+def test_make_synthetic_can_write_the_v1_data(tmp_path):
+    args = ["--num-train", "4", "--num-val", "2", "--num-test", "2", "--image-size", "16"]
+    assert main(["make-synthetic", str(tmp_path), *args, "--generator", "v1"]) == 0
+    written = json.loads((tmp_path / "annotation.json").read_text())
+    v1 = generate_synthetic(
+        SyntheticConfig(num_train=4, num_val=2, num_test=2, image_size=16, generator="v1")
+    )
+    assert [e["report"] for e in written["train"]] == list(v1["train"].reports)

@@ -254,6 +254,7 @@ def test_meteor_with_java():
     assert nlg_scores(REPORTS, REPORTS)["METEOR"] > 0.99
 
 
+CE_PARTS = ("precision", "recall", "f1", "avg")
 EXPECTED_KEYS = {
     "BLEU_1",
     "BLEU_2",
@@ -269,6 +270,7 @@ EXPECTED_KEYS = {
     "ce_label_macro_recall",
     "ce_label_macro_f1",
     "ce_label_macro_avg",
+    *(f"ce_{p}_no_nf_{m}" for p in ("example", "label_macro") for m in CE_PARTS),
 }
 
 
@@ -284,6 +286,35 @@ def test_evaluate_reports_with_rule_based_labeler(no_java):
     assert scores["ce_example_precision"] == pytest.approx(0.5)
     # Label-macro: cardiomegaly 1; effusion and no_finding 0; 11 others 0/0 -> 0.
     assert scores["ce_label_macro_f1"] == pytest.approx(1 / 14)
+    # Without no_finding: report 1 has no generated positive (F1 0), report 2 scores 1; over
+    # 13 labels the macro F1 is cardiomegaly's 1 / 13.
+    assert scores["ce_example_no_nf_f1"] == pytest.approx(0.5)
+    assert scores["ce_label_macro_no_nf_f1"] == pytest.approx(1 / 13)
+
+
+def test_ce_without_no_finding_cannot_be_gamed_by_a_normal_report():
+    normal = np.zeros((5, NUM_OBSERVATIONS), int)
+    normal[:, -1] = 1  # every reference normal, and the constant "normal" report too
+    assert clinical_efficacy_example_based(normal, normal)["f1"] == 1.0
+    assert clinical_efficacy_example_based(normal, normal, exclude_no_finding=True)["f1"] == 0.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ce_without_no_finding_equals_ce_with_that_column_blanked(seed):
+    rng = np.random.default_rng(seed)
+    generated = rng.integers(0, 4, size=(30, NUM_OBSERVATIONS))
+    reference = rng.integers(0, 4, size=(30, NUM_OBSERVATIONS))
+    blank_g, blank_r = generated.copy(), reference.copy()
+    blank_g[:, -1] = blank_r[:, -1] = 0  # no_finding is the last observation
+    # Example-based: a blank column adds no TP/FP/FN, so it is the same as leaving it out.
+    assert clinical_efficacy_example_based(
+        generated, reference, exclude_no_finding=True
+    ) == pytest.approx(clinical_efficacy_example_based(blank_g, blank_r))
+    # Label-macro: a blank column scores 0 and counts in the mean over 14, not over 13.
+    blanked = clinical_efficacy_label_macro(blank_g, blank_r)
+    excluded = clinical_efficacy_label_macro(generated, reference, exclude_no_finding=True)
+    for key in ("precision", "recall", "f1"):
+        assert excluded[key] == pytest.approx(blanked[key] * 14 / 13)
 
 
 def test_evaluate_reports_with_custom_labeler_and_reference_labels(monkeypatch):
