@@ -35,7 +35,8 @@ def task_gradients(
 
     ``loss_fn(params, *args, **kwargs)`` returns a length-K vector of losses, or a tuple or list
     of K scalar losses, which are stacked (with ``has_aux``, a pair ``(losses, aux)``). The
-    forward pass runs once; the Jacobian's K rows come from ``jax.vmap`` of the VJP over the K unit cotangents :math:`e_1 \dots e_K`:
+    forward pass runs once; the Jacobian's K rows come from ``jax.vmap`` of the VJP over the K
+    unit cotangents :math:`e_1 \dots e_K`:
 
     .. math::
 
