@@ -46,6 +46,7 @@ from optax.projections import projection_simplex
 
 from camegrad_jax import _validation
 from camegrad_jax._cone import project_onto_dual_cone
+from camegrad_jax._diagnostics import quadratic_norm
 
 Solver = Literal["jaxopt", "apg"]
 # Iterations between two attempts at the exact polish.
@@ -237,7 +238,7 @@ def _closed_form_direction(weights, gram, radius, centre):
     return _centre(gram, centre) + scale * weights
 
 
-def _prefer_nearest_non_conflicting(direction, gram, radius, centre):
+def _prefer_nearest_non_conflicting(direction, gram, radius, centre, support=None):
     """Picks one optimum, the one nearest g0, where Stage 1's optimum is not unique.
 
     If the best worst-case improvement is 0 (0 lies in the convex hull of the gradients: a task
@@ -245,12 +246,22 @@ def _prefer_nearest_non_conflicting(direction, gram, radius, centre):
     d of the trust region that conflicts with no task is optimal, and which one the iterations
     land on is an accident of convergence. We then take g0 projected onto {d : <h_i, d> ≥ 0},
     which is optimal whenever it lies in the trust region.
+
+    ``support``: the active set S of a polished (exact) direction, whose gains on S all equal the
+    optimal value t. t is then read on the task of S with the smallest gradient, where it is
+    resolved best: on a task with a gradient orders of magnitude larger, a small positive t is
+    below the round-off of its gain.
     """
     eps = jnp.finfo(gram.dtype).eps
     gains = gram @ direction
     # Each gain against its own round-off, eps·Σ_j |G_ij δ_j|: a task with a tiny gradient has a
     # tiny gain that is still clearly positive.
     at_zero = jnp.any(gains <= 64 * eps * (jnp.abs(gram) @ jnp.abs(direction)))
+    if support is not None:
+        norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+        finest = jnp.argmin(jnp.where(support, norms, jnp.inf))
+        resolution = 64 * eps * norms[finest] * quadratic_norm(direction, gram)
+        at_zero = jnp.where(jnp.any(support), gains[finest] <= resolution, at_zero)
 
     def nearest(_):
         b = _centre(gram, centre)
@@ -467,7 +478,8 @@ def solve_dual(
         direction = jnp.where(
             valid, exact_direction, _closed_form_direction(weights, gram, radius, centre)
         )
-        direction = _prefer_nearest_non_conflicting(direction, gram, radius, centre)
+        support = valid & (weights > 0)
+        direction = _prefer_nearest_non_conflicting(direction, gram, radius, centre, support)
         error = jnp.where(valid, 0.0, iteration.error(state)).astype(dtype)
         return weights, direction, iterations, error, valid
 
