@@ -27,9 +27,14 @@ from jax import lax
 
 def _support_solve(mu, gram, linear):
     """Exact NNLS solution on the support of `mu`, and whether it satisfies the KKT conditions."""
+    support = mu > jnp.finfo(gram.dtype).eps * jnp.maximum(jnp.max(mu), 1.0)
+    return support_solve(support, gram, linear)
+
+
+def support_solve(support, gram, linear):
+    """Exact NNLS solution on a given support (a (K,) bool mask): ``(valid, mu)``."""
     num_tasks = gram.shape[0]
     eps = jnp.finfo(gram.dtype).eps
-    support = mu > eps * jnp.maximum(jnp.max(mu), 1.0)
     both = support[:, None] & support[None, :]
     restricted = jnp.where(both, gram, jnp.eye(num_tasks, dtype=gram.dtype))
     eigenvalues, eigenvectors = jnp.linalg.eigh(restricted)
