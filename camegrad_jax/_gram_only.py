@@ -96,7 +96,9 @@ def gram_only_gradients(
         standard mode's update and diagnostics with peak memory flat in K, for K extra tangent
         passes. Any transformation whose β depends on the gradients only through G works
         (``camegrad``, ``mgda``, ``upgrad``, ``nash_mtl``, …; not ``mmpareto``, whose per-leaf
-        scaling needs each leaf's Gram matrix). Not with ``representation``.
+        scaling needs each leaf's Gram matrix). Not with ``representation``. Build the
+        transformation without ``shared_mask`` and pass the mask here (``gram_mask`` and
+        ``shared_mask``): it sees a K × K factor of G, not the parameters.
       **extra_args: forwarded to ``transform.update`` (e.g. ``value`` is set to the losses).
 
     Returns:
