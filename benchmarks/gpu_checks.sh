@@ -20,8 +20,12 @@ export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
   python3 -c "import jax; print(jax.__version__, jax.devices())"
 } 2>&1 | tee "$OUT/gpu.txt"
 # Correctness first (a few seconds of GPU time): the reference and dtype tests on the GPU.
-timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_camegrad.py \
+timeout 60 python3 -m pytest -q -x -p no:cacheprovider tests/test_camegrad.py \
   -k "reference or dtype or scaling or opposite" 2>&1 | tail -5 | tee "$OUT/gpu-tests.log"
-# Then the ratios.
-timeout 360 python3 benchmarks/run_benchmarks.py --sections dual,flat,gram,pytree,family,train \
+# The dual solvers side by side: camegrad's update / the linear update with the iterative
+# solver (jaxopt, while loops) and the loop-free one (enumerate), K = 2, 4, 8, P = 1e6..1e8.
+timeout 120 python3 benchmarks/run_benchmarks.py --sections solvers --rounds 5 \
+  --json "$OUT/gpu-solvers.json" 2>&1 | tee "$OUT/gpu-solvers.log"
+# Then the ratios (the three timeouts together stay under 6 minutes).
+timeout 170 python3 benchmarks/run_benchmarks.py --sections dual,flat,gram,pytree,family,train \
   --rounds 10 --json "$OUT/gpu-benchmarks.json" 2>&1 | tee "$OUT/gpu-benchmarks.log"

@@ -1,6 +1,6 @@
 """What the multi-task transformations cost, as ratios measured side by side in one run.
 
-Sections (``--sections``, comma-separated; default all but ``full_run``):
+Sections (``--sections``, comma-separated; default all but ``full_run`` and ``solvers``):
 
 * ``dual``: the jitted Stage-1 dual (jaxopt and jaxopt-free solvers, exact polish) against
   SciPy's SLSQP — the reference CAGrad code's solver — on the same trace-normalised Gram
@@ -22,6 +22,16 @@ Sections (``--sections``, comma-separated; default all but ``full_run``):
 * ``train``: one jitted train step of the reference model with ``camegrad`` against one with
   the ``linear`` baseline (K = 2), and the Gram-only mode (G from the last shared conv block)
   against both.
+* ``solvers``: the ``camegrad`` update with the iterative dual (``solver="jaxopt"``) and with
+  the loop-free one (``solver="enumerate"``) against the linear update, flat P ∈ {1e6, 1e7,
+  1e8}, K ∈ {2, 4, 8}: what an accelerator, where a while loop may sync with the host at each
+  iteration, is to measure (``benchmarks/gpu_checks.sh``).
+* ``lowmem``: the exact low-memory route (:func:`camegrad_jax.task_gram`, one task at a time,
+  then one weighted backward pass: ``gram_only_gradients(low_memory=True)``) against the stacked
+  route (``task_gradients`` then the update), a whole camegrad gradient step from the losses, on
+  MLPs of a shared trunk and K linear heads: time and XLA's compiled peak memory over
+  K ∈ {2, 4, 8} and P from 1e5 to the reference model's 1.3M and 1e7, and the peak memory alone
+  (compiled, not run) at P ≈ 1e8.
 * ``full_run``: a default ``camegrad-rrg train`` run in a child process: wall time and peak RSS.
 
 Timing: contenders run interleaved (A, B, A, B, …) and each ratio is the median of the
@@ -438,6 +448,34 @@ FAMILY = {
 }
 
 
+def bench_solvers(sizes: Sequence[int], task_counts: Sequence[int], rounds: Rounds) -> list:
+    """Update time / linear time for both solvers; few compilations (no memory figures), so that
+    an accelerator run fits its time box. Each row is printed as soon as it is measured."""
+    rows = []
+    linear = cg.linear_scalarization()
+    for size in sizes:
+        for k in task_counts:
+            (grads,) = stacked_like([(size,)], k, seed=size + k)
+            n_rounds = rounds(grads.size)
+            linear_step = jax.jit(lambda g: linear.update(g, optax.EmptyState())[0])
+            contenders = {"linear": lambda g=grads: linear_step(g)}
+            for solver in ("jaxopt", "enumerate"):
+                tx = cg.camegrad(num_tasks=k, solver=solver)
+                update = jax.jit(tx.update)
+                _, state = update(grads, tx.init(grads[0]))  # steady state: warm-started
+                contenders[solver] = lambda u=update, g=grads, s=state: u(g, s)[0]
+            ratios = interleaved_ratios(contenders, "linear", n_rounds)
+            for solver in ("jaxopt", "enumerate"):
+                rows.append({"P": size, "K": k, "solver": solver, "over_linear": ratios[solver]})
+            print(
+                f"solvers P={size:.0e} K={k}: update / linear = {ratios['jaxopt']:.2f} (jaxopt), "
+                f"{ratios['enumerate']:.2f} (enumerate)",
+                flush=True,
+            )
+            del grads, contenders
+    return rows
+
+
 def bench_family(size: int, task_counts: Sequence[int], rounds: Rounds) -> list[dict]:
     rows = []
     for k in task_counts:
@@ -647,12 +685,98 @@ def bench_full_run(quick: bool) -> dict:
     return result
 
 
-SECTIONS = ("dual", "flat", "gram", "pytree", "family", "torchjd", "train", "full_run")
+# ------------------------------------------------------------------------------------------------
+# lowmem: the exact Gram one task at a time against the stacked gradients.
+# ------------------------------------------------------------------------------------------------
+
+
+def trunk_and_heads(size: int, k: int, batch: int = 32):
+    """An MLP of about `size` parameters: 4 square tanh layers shared by K linear heads."""
+    width = int(np.sqrt(size / 4))
+    keys = jax.random.split(jax.random.key(size + k), 6)
+    params = {
+        "trunk": [jax.random.normal(keys[i], (width, width)) / np.sqrt(width) for i in range(4)],
+        "heads": jax.random.normal(keys[4], (k, width)) / np.sqrt(width),
+    }
+    x = jax.random.normal(keys[5], (batch, width))
+
+    def losses(p, x):
+        z = x
+        for w in p["trunk"]:
+            z = jnp.tanh(z @ w)
+        return jnp.mean((z @ p["heads"].T - 1.0) ** 2, axis=0)
+
+    return params, x, losses
+
+
+def lowmem_routes(k: int, size: int):
+    """The two routes to the camegrad gradient of `trunk_and_heads(size, k)`, and their inputs."""
+    params, x, losses = trunk_and_heads(size, k)
+    tx = cg.camegrad(num_tasks=k)
+    state = tx.init(params)
+
+    def stacked(p, s, x):
+        _, grads = cg.task_gradients(losses, p, x)
+        return tx.update(grads, s, p)[0]
+
+    def low_memory(p, s, x):
+        return cg.gram_only_gradients(losses, p, x, transform=tx, state=s, low_memory=True)[1]
+
+    return {"stacked": stacked, "low_memory": low_memory}, (params, state, x)
+
+
+def bench_lowmem(sizes: Sequence[int], task_counts: Sequence[int], rounds: int, compile_only):
+    rows = []
+    for size in [*sizes, *compile_only]:
+        for k in task_counts:
+            routes, inputs = lowmem_routes(k, size)
+            row = {"P": int(sum(leaf.size for leaf in jax.tree.leaves(inputs[0]))), "K": k}
+            for name, fn in routes.items():
+                row[f"{name}_peak_bytes"] = peak_bytes(fn, *inputs)
+            row["peak_ratio"] = row["low_memory_peak_bytes"] / row["stacked_peak_bytes"]
+            text = f"peak memory low/stacked = {row['peak_ratio']:.2f}"
+            if size not in compile_only:
+                jitted = {name: jax.jit(fn) for name, fn in routes.items()}
+                timed = paired_ratio(
+                    lambda j=jitted, a=inputs: j["low_memory"](*a),
+                    lambda j=jitted, a=inputs: j["stacked"](*a),
+                    rounds,
+                )
+                row.update(
+                    time_ratio=timed["ratio"],
+                    low_memory_ms=timed["numerator_ms"],
+                    stacked_ms=timed["denominator_ms"],
+                )
+                text += (
+                    f", time low/stacked = {timed['ratio']:.2f} ({timed['numerator_ms']:.1f} ms "
+                    f"vs {timed['denominator_ms']:.1f} ms)"
+                )
+            rows.append(row)
+            print(f"lowmem P={row['P']:.2e} K={k}: {text}")
+            del inputs
+    return rows
+
+
+SECTIONS = (
+    "dual",
+    "flat",
+    "gram",
+    "pytree",
+    "family",
+    "torchjd",
+    "train",
+    "solvers",
+    "lowmem",
+    "full_run",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sections", default=",".join(s for s in SECTIONS if s != "full_run"))
+    parser.add_argument(
+        "--sections",
+        default=",".join(s for s in SECTIONS if s not in ("full_run", "solvers")),
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument("--cvxpy", action="store_true", help="also time cvxpy + Clarabel")
     parser.add_argument(
@@ -697,6 +821,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
         )
     if "train" in sections:
         results["train"] = bench_train(quick, 3 if quick else 20)
+    if "solvers" in sections:
+        results["solvers"] = bench_solvers(
+            (10_000,) if quick else (1_000_000, 10_000_000, 100_000_000),
+            (2,) if quick else (2, 4, 8),
+            rounds,
+        )
+    if "lowmem" in sections:
+        results["lowmem"] = bench_lowmem(
+            (10_000,) if quick else (100_000, 1_300_000, 10_000_000),
+            (2, 4) if quick else (2, 4, 8),
+            3 if quick else args.rounds,
+            () if quick else (100_000_000,),
+        )
     if "full_run" in sections:
         results["full_run"] = bench_full_run(quick)
     if args.json:

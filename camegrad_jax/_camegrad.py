@@ -254,7 +254,9 @@ def camegrad(
       shared_mask: optional pytree of bools (or a callable returning one, as in
         ``optax.masked``) marking the shared leaves. G and β come from the shared leaves; the
         other leaves receive the linear-scalarization gradient Σ λ_i g_i.
-      solver: ``"jaxopt"`` (jaxopt ``ProjectedGradient``) or ``"apg"`` (jaxopt-free).
+      solver: ``"jaxopt"`` (jaxopt ``ProjectedGradient``), ``"apg"`` (jaxopt-free) or
+        ``"enumerate"`` (K ≤ 8: exact and loop-free, every face of the simplex at once; prefer it
+        on accelerators, where the iterative solvers' while loops may sync with the host).
       solver_tol: tolerance of the dual's iterations (default by dtype).
       solver_maxiter: iteration cap of the dual's iterations.
       seed: PRNG seed of Setting B's noise.

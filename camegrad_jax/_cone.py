@@ -24,18 +24,19 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from camegrad_jax import _gram
+
 
 def _support_solve(mu, gram, linear):
     """Exact NNLS solution on the support of `mu`, and whether it satisfies the KKT conditions."""
-    num_tasks = gram.shape[0]
+    support = mu > jnp.finfo(gram.dtype).eps * jnp.maximum(jnp.max(mu), 1.0)
+    return support_solve(support, gram, linear)
+
+
+def support_solve(support, gram, linear):
+    """Exact NNLS solution on a given support (a (K,) bool mask): ``(valid, mu)``."""
     eps = jnp.finfo(gram.dtype).eps
-    support = mu > eps * jnp.maximum(jnp.max(mu), 1.0)
-    both = support[:, None] & support[None, :]
-    restricted = jnp.where(both, gram, jnp.eye(num_tasks, dtype=gram.dtype))
-    eigenvalues, eigenvectors = jnp.linalg.eigh(restricted)
-    cutoff = num_tasks * eps * jnp.max(jnp.abs(eigenvalues))
-    inverse = jnp.where(jnp.abs(eigenvalues) > cutoff, 1.0 / eigenvalues, 0.0)
-    exact = jnp.where(support, -((eigenvectors * inverse) @ eigenvectors.T) @ linear, 0.0)
+    exact = jnp.where(support, -_gram.restricted_pseudo_inverse(gram, support) @ linear, 0.0)
     exact = jnp.where(support, exact, 0.0)
     gradient = gram @ exact + linear
     tolerance = 64 * eps * jnp.max(jnp.abs(gram) @ (jnp.abs(exact) + 1.0))

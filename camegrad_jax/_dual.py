@@ -14,13 +14,16 @@ the dual objective is :math:`G\delta` with :math:`\delta = b + r w / \|g_w\|`: e
 improvement :math:`\langle h_i, d\rangle` that the recovered direction d gives task i, which is
 why the dual residual and the primal value can both be read off G.
 
-Two iterative solvers are offered and must agree:
+Two iterative solvers and one loop-free solver are offered and must agree:
 
 * ``"jaxopt"``: jaxopt's ``ProjectedGradient`` with ``projection_simplex`` (FISTA with a
   backtracking line search). jaxopt is unmaintained and warns on import; it is imported lazily
   with that warning silenced, so ``import camegrad_jax`` stays clean.
 * ``"apg"``: our own accelerated projected gradient (FISTA with backtracking and adaptive
   restart) on ``optax.projections.projection_simplex``, with no jaxopt dependency.
+* ``"enumerate"`` (K ≤ 8): the exact solve below on all 2^K − 1 supports at once, without any
+  ``while`` loop (:mod:`camegrad_jax._enumerate_dual`), for accelerators, where a loop's
+  predicate can cost a host round trip per iteration.
 
 In float32 both stall about 1e-4 away from the optimum (the objective's differences fall below
 float32 resolution long before the weights converge). A final *active-set polish* solves the
@@ -44,14 +47,14 @@ import jax.numpy as jnp
 from jax import lax
 from optax.projections import projection_simplex
 
-from camegrad_jax import _validation
+from camegrad_jax import _gram, _validation
 from camegrad_jax._cone import project_onto_dual_cone
 from camegrad_jax._diagnostics import quadratic_norm
 
-Solver = Literal["jaxopt", "apg"]
+Solver = Literal["jaxopt", "apg", "enumerate"]
 # Iterations between two attempts at the exact polish.
 _ROUND = 10
-SOLVERS: tuple[str, ...] = ("jaxopt", "apg")
+SOLVERS: tuple[str, ...] = ("jaxopt", "apg", "enumerate")
 
 
 class DualSolution(NamedTuple):
@@ -238,20 +241,22 @@ def _closed_form_direction(weights, gram, radius, centre):
     return _centre(gram, centre) + scale * weights
 
 
-def _prefer_nearest_non_conflicting(direction, gram, radius, centre, support=None):
+def _prefer_nearest_non_conflicting(direction, gram, radius, centre, support=None, project=None):
     """Picks one optimum, the one nearest g0, where Stage 1's optimum is not unique.
 
     If the best worst-case improvement is 0 (0 lies in the convex hull of the gradients: a task
     with zero gradient, exactly opposite gradients with c ≥ 1, a Pareto-stationary point), every
     d of the trust region that conflicts with no task is optimal, and which one the iterations
     land on is an accident of convergence. We then take g0 projected onto {d : <h_i, d> ≥ 0},
-    which is optimal whenever it lies in the trust region.
+    which is optimal whenever it lies in the trust region. ``project(gram, coefficients)`` is the
+    projection onto that cone (default :func:`project_onto_dual_cone`).
 
     ``support``: the active set S of a polished (exact) direction, whose gains on S all equal the
     optimal value t. t is then read on the task of S with the smallest gradient, where it is
     resolved best: on a task with a gradient orders of magnitude larger, a small positive t is
     below the round-off of its gain.
     """
+    project = project_onto_dual_cone if project is None else project
     eps = jnp.finfo(gram.dtype).eps
     gains = gram @ direction
     # Each gain against its own round-off, eps·Σ_j |G_ij δ_j|: a task with a tiny gradient has a
@@ -265,7 +270,7 @@ def _prefer_nearest_non_conflicting(direction, gram, radius, centre, support=Non
 
     def nearest(_):
         b = _centre(gram, centre)
-        projected = project_onto_dual_cone(gram, b)
+        projected = project(gram, b)
         offset = jnp.sqrt(jnp.maximum((projected - b) @ gram @ (projected - b), 0.0))
         inside = offset <= radius * (1 + 1e-4) + 64 * eps
         # Round-off can leave the projection a hair outside the region: pull it back in.
@@ -276,40 +281,26 @@ def _prefer_nearest_non_conflicting(direction, gram, radius, centre, support=Non
 
 
 def _polish(weights, gram, radius, centre):
-    """Solves the optimality conditions exactly on the support of `weights`.
+    """Solves the optimality conditions exactly on the support of `weights`."""
+    support = weights > jnp.finfo(gram.dtype).eps * jnp.max(weights)
+    return polish_on_support(support, gram, radius, centre)
+
+
+def polish_on_support(support, gram, radius, centre):
+    """Solves the optimality conditions exactly on a given support S (a (K,) bool mask).
 
     On the support S, the improvements <h_i, d> equal a common value t and ‖d − g0‖ = r. With
     d = g0 + Σ z_i h_i: G_SS z_S = t𝟙 − (Gb)_S and zᵀGz = r², a quadratic in t. The result is
     accepted only if it is finite, z ≥ 0, no task outside S improves by less than t, and the
-    linear system was actually solved (G_SS can be singular).
+    linear system was actually solved (G_SS can be singular). Returns ``(valid, weights,
+    direction)``.
     """
-    support = weights > jnp.finfo(gram.dtype).eps * jnp.max(weights)
-    return _polish_on_support(support, gram, radius, centre)
-
-
-def _polish_on_support(support, gram, radius, centre):
-    """`_polish` on a given support S (a (K,) bool mask): (valid, weights, direction)."""
-    num_tasks = gram.shape[0]
     dtype = gram.dtype
     eps = jnp.finfo(dtype).eps
     centre_gain = _centre_gain(gram, centre)  # (G b)_i = <h_i, g0>
-    both = support[:, None] & support[None, :]
-    # Restrict G to S, with the identity elsewhere so the system stays square, and equilibrate
-    # it to the cosine matrix D⁻¹G_SS D⁻¹ (D = diag ‖h_i‖) before the pseudo-inverse: a cutoff
-    # relative to G's largest eigenvalue would discard a task whose gradient is many orders of
-    # magnitude smaller than the others', which is exactly the task Stage 1 must protect.
-    norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
-    inverse_norms = jnp.where(support & (norms > 0), 1.0 / jnp.where(norms > 0, norms, 1.0), 1.0)
-    restricted = jnp.where(
-        both,
-        gram * inverse_norms[:, None] * inverse_norms[None, :],
-        jnp.eye(num_tasks, dtype=dtype),
-    )
-    eigenvalues, eigenvectors = jnp.linalg.eigh(restricted)
-    cutoff = num_tasks * eps * jnp.max(jnp.abs(eigenvalues))
-    inverse = jnp.where(jnp.abs(eigenvalues) > cutoff, 1.0 / eigenvalues, 0.0)
-    pinv = (eigenvectors * inverse) @ eigenvectors.T
-    pinv = pinv * inverse_norms[:, None] * inverse_norms[None, :]
+    # Equilibrated: a task whose gradient is orders of magnitude smaller than the others' is
+    # exactly the one Stage 1 must protect (see `_gram.restricted_pseudo_inverse`).
+    pinv = _gram.restricted_pseudo_inverse(gram, support)
     ones = jnp.where(support, 1.0, 0.0).astype(dtype)
     a = pinv @ ones
     e = pinv @ jnp.where(support, centre_gain, 0.0)
@@ -355,7 +346,7 @@ def _polish_every_support(gram, radius, centre):
         [[(m >> i) & 1 for i in range(num_tasks)] for m in range(1, 2**num_tasks)], bool
     )
     valid, weights, directions = jax.vmap(
-        lambda support: _polish_on_support(support, gram, radius, centre)
+        lambda support: polish_on_support(support, gram, radius, centre)
     )(masks)
     worst_gains = jnp.min(directions @ gram, axis=1)
     best = jnp.argmax(jnp.where(valid, worst_gains, -jnp.inf))
@@ -385,7 +376,10 @@ def solve_dual(
       gram: (K, K) Gram matrix of the weighted task gradients divided by its trace.
       radius: r = c·‖g0‖ on the same normalised scale.
       init: (K,) starting weights on the simplex (the previous step's w* for a warm start).
-      solver: ``"jaxopt"`` (jaxopt ``ProjectedGradient``) or ``"apg"`` (jaxopt-free FISTA).
+      solver: ``"jaxopt"`` (jaxopt ``ProjectedGradient``), ``"apg"`` (jaxopt-free FISTA) or
+        ``"enumerate"`` (loop-free, K ≤ 8: every support's exact solve in one batch; ``tol``,
+        ``maxiter``, ``polish`` and ``init`` then play no part, see
+        :func:`camegrad_jax._enumerate_dual.solve_by_enumeration`).
       tol: stopping tolerance on the gradient-mapping norm; default by dtype.
       maxiter: iteration cap of the iterative solver.
       polish: finish with the exact active-set solve when it verifiably holds.
@@ -407,6 +401,10 @@ def solve_dual(
       ([0.9, 0.1], True)
     """
     _validation.check_choice(solver, SOLVERS, "solver")
+    if solver == "enumerate":
+        from camegrad_jax import _enumerate_dual  # It builds on this module's polish.
+
+        return _enumerate_dual.solve_by_enumeration(gram, radius, init, centre)
     dtype = gram.dtype
     # tol and maxiter may be traced (optax.inject_hyperparams passes numbers as arrays).
     tol = jnp.asarray(default_tolerance(dtype) if tol is None else tol, dtype)

@@ -58,6 +58,28 @@ def pseudo_inverse_psd(gram: jax.Array, rtol: float | None = None) -> jax.Array:
     return jnp.where(invertible & jnp.all(norms > 0), equilibrated, spectral_inverse(gram)[0])
 
 
+def restricted_pseudo_inverse(gram: jax.Array, support: jax.Array) -> jax.Array:
+    """The pseudo-inverse of G restricted to a support S (a (K,) bool mask), 0 outside S.
+
+    G_SS is equilibrated to its cosine matrix D⁻¹G_SS D⁻¹ (D = diag ‖h_i‖) before the
+    eigenvalue cutoff: a cutoff relative to G's largest eigenvalue would discard a task whose
+    gradient is orders of magnitude smaller than the others'. The rows and columns outside S
+    carry the identity while the eigendecomposition runs, so the system stays square.
+    """
+    num_tasks = gram.shape[0]
+    eps = jnp.finfo(gram.dtype).eps
+    norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+    inverse_norms = jnp.where(support & (norms > 0), 1.0 / jnp.where(norms > 0, norms, 1.0), 1.0)
+    both = support[:, None] & support[None, :]
+    equilibrated = gram * inverse_norms[:, None] * inverse_norms[None, :]
+    restricted = jnp.where(both, equilibrated, jnp.eye(num_tasks, dtype=gram.dtype))
+    eigenvalues, eigenvectors = jnp.linalg.eigh(restricted)
+    cutoff = num_tasks * eps * jnp.max(jnp.abs(eigenvalues))
+    inverse = jnp.where(jnp.abs(eigenvalues) > cutoff, 1.0 / eigenvalues, 0.0)
+    pinv = (eigenvectors * inverse) @ eigenvectors.T
+    return jnp.where(both, pinv * inverse_norms[:, None] * inverse_norms[None, :], 0.0)
+
+
 def guard_non_finite(
     gram: jax.Array, coefficients: jax.Array, new_state: Any, previous_state: Any
 ) -> tuple[jax.Array, Any]:

@@ -11,6 +11,12 @@ O(K·|params|).
 This is an approximation of the standard mode: β is computed from the geometry of the subset
 (or of ∂L_i/∂z), not of all shared parameters. With the Gram leaves equal to the shared leaves,
 it is exact (tested).
+
+With ``low_memory=True`` G is instead the exact Gram matrix of the Gram leaves' gradients,
+formed one task at a time by Jacobian products (:func:`camegrad_jax.task_gram`): the standard
+mode's update, with no K × |params| stack and a peak memory that does not grow with K. The
+transformation then receives a K × K factor R of G (R Rᵀ = G), which is all a Gram-based
+method reads of the stacked gradients.
 """
 
 from __future__ import annotations
@@ -22,12 +28,31 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from camegrad_jax import _task_gram
+
 PyTree = Any
 
 
 def _select(tree: PyTree, mask: PyTree) -> PyTree:
     """Leaves where the mask is True, None elsewhere (a pytree of the same structure)."""
     return jax.tree.map(lambda m, x: x if m else None, mask, tree)
+
+
+def gram_factor(gram: jax.Array) -> jax.Array:
+    r"""A K × K matrix R with :math:`R R^\top = G`, to round-off relative to each entry's scale.
+
+    G is factored as :math:`D^{1/2} C D^{1/2}` with D its diagonal, and the correlation matrix C
+    by its eigendecomposition (clipping round-off's negative eigenvalues): the error of
+    :math:`(R R^\top)_{ij}` is then of order :math:`\varepsilon \sqrt{G_{ii} G_{jj}}`, as for
+    G computed from the gradients, even when the tasks' scales differ by orders of magnitude.
+    """
+    diagonal = jnp.maximum(jnp.diagonal(gram), 0.0)
+    positive = diagonal > 0
+    inverse_root = jnp.where(positive, 1.0 / jnp.sqrt(jnp.where(positive, diagonal, 1.0)), 0.0)
+    correlation = gram * inverse_root[:, None] * inverse_root[None, :]
+    eigenvalues, eigenvectors = jnp.linalg.eigh(correlation)
+    factor = eigenvectors * jnp.sqrt(jnp.maximum(eigenvalues, 0.0))
+    return jnp.sqrt(diagonal)[:, None] * factor
 
 
 def gram_only_gradients(
@@ -40,6 +65,7 @@ def gram_only_gradients(
     representation: tuple[Callable[..., Any], Callable[..., Any]] | None = None,
     shared_mask: PyTree | Callable[[PyTree], PyTree] | None = None,
     task_weights: Any = None,
+    low_memory: bool = False,
     **extra_args: Any,
 ) -> tuple[jax.Array, PyTree, Any]:
     r"""Losses, the multi-task gradient, and the transformation's new state, in Gram-only mode.
@@ -65,6 +91,14 @@ def gram_only_gradients(
         second backward pass, as in the standard mode).
       task_weights: λ for the non-shared leaves (default all ones); pass the same weights as the
         transformation's.
+      low_memory: form the *exact* Gram matrix of the Gram leaves (``gram_mask``, default all)
+        one task at a time (:func:`camegrad_jax.task_gram`), never the K stacked gradients: the
+        standard mode's update and diagnostics with peak memory flat in K, for K extra tangent
+        passes. Any transformation whose β depends on the gradients only through G works
+        (``camegrad``, ``mgda``, ``upgrad``, ``nash_mtl``, …; not ``mmpareto``, whose per-leaf
+        scaling needs each leaf's Gram matrix). Not with ``representation``. Build the
+        transformation without ``shared_mask`` and pass the mask here (``gram_mask`` and
+        ``shared_mask``): it sees a K × K factor of G, not the parameters.
       **extra_args: forwarded to ``transform.update`` (e.g. ``value`` is set to the losses).
 
     Returns:
@@ -88,6 +122,11 @@ def gram_only_gradients(
         raise ValueError("Pass exactly one of `loss_fn` and `representation=(encode, decode)`.")
     if gram_mask is not None and representation is not None:
         raise ValueError("`gram_mask` and `representation` are alternatives; pass one of them.")
+    if low_memory and representation is not None:
+        raise ValueError(
+            "`low_memory=True` forms G over parameter leaves; with `representation` G is already "
+            "the small Gram matrix of ∂L_i/∂z. Pass one of them."
+        )
 
     if representation is not None:
         encode, decode = representation
@@ -101,6 +140,17 @@ def gram_only_gradients(
             head_grads, z_grad = decode_pullback(cotangent)
             (encoder_grads,) = encode_pullback(z_grad)
             return (jax.tree.map(jnp.add, head_grads, encoder_grads),)
+
+    elif low_memory:
+        losses, jvp, vjp, _ = _task_gram.linearize_losses(loss_fn, params, *args)
+        mask = gram_mask(params) if callable(gram_mask) else gram_mask
+        leaf_mask = None if mask is None else [bool(m) for m in jax.tree.leaves(mask)]
+        gram = _task_gram.gram_from_products(losses, jvp, vjp, leaf_mask)
+        # The transformation sees K "gradients" of a K-vector whose Gram matrix is G.
+        gram_grads, gram_params = gram_factor(gram), None
+
+        def pullback(cotangent):
+            return (vjp(cotangent),)
 
     else:
         losses, pullback = jax.vjp(lambda p: loss_fn(p, *args), params)

@@ -102,7 +102,8 @@ def mgda(
       num_tasks: K; needed to size the state unless ``task_weights`` gives it.
       shared_mask: optional pytree of bools (or callable) marking the shared leaves; the others
         receive :math:`\sum_i \lambda_i g_i`.
-      solver: ``"jaxopt"`` or ``"apg"`` (see :func:`camegrad_jax.solve_dual`).
+      solver: ``"jaxopt"``, ``"apg"`` or ``"enumerate"`` (K ≤ 8, loop-free; see
+        :func:`camegrad_jax.solve_dual`).
       solver_tol: tolerance of the iterations (default by dtype).
       solver_maxiter: iteration cap of the iterations.
 

@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from jax.sharding import Mesh, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
+from mesh_problem import problem  # noqa: E402
 
 import camegrad_jax as cg  # noqa: E402
 
@@ -29,24 +30,8 @@ import camegrad_jax as cg  # noqa: E402
 def main() -> None:
     assert len(jax.devices()) == 8, jax.devices()
     mesh = Mesh(np.array(jax.devices()), ("d",))
+    params, x, losses = problem()
     keys = jax.random.split(jax.random.key(0), 4)
-    params = {
-        "w1": jax.random.normal(keys[0], (64, 256)) / 8,
-        "w2": jax.random.normal(keys[1], (256, 64)) / 16,
-        "heads": jax.random.normal(keys[2], (3, 64)) / 8,
-    }
-    x = jax.random.normal(keys[3], (64, 64))
-
-    def losses(p, x):
-        z = jnp.tanh(jnp.tanh(x @ p["w1"]) @ p["w2"])
-        out = z @ p["heads"].T
-        return jnp.stack(
-            [
-                jnp.mean(out[:, 0] ** 2),
-                jnp.mean((out[:, 1] - 1) ** 2),
-                jnp.mean((out[:, 2] + out[:, 0]) ** 2),
-            ]
-        )
 
     tx = optax.chain(cg.camegrad(0.5, 1.5, 0.2, num_tasks=3), optax.adam(1e-3))
 

@@ -22,7 +22,7 @@ def test_quick_benchmark_runs_and_reports_finite_ratios(tmp_path):
         [
             "--quick",
             "--sections",
-            "dual,flat,gram,pytree,family,train",
+            "dual,flat,gram,pytree,family,train,solvers,lowmem",
             "--json",
             str(tmp_path / "r.json"),
         ]
@@ -32,6 +32,8 @@ def test_quick_benchmark_runs_and_reports_finite_ratios(tmp_path):
     ratios += [ratio for row in results["gram"] for ratio in row["over_linear"].values()]
     ratios += [row["speedup_in_jit"] for row in results["dual"] if "speedup_in_jit" in row]
     ratios += [results["train"][k] for k in ("camegrad_over_linear", "camegrad_over_one_backward")]
+    ratios += [row["over_linear"] for row in results["solvers"]]
+    ratios += [row[key] for row in results["lowmem"] for key in ("peak_ratio", "time_ratio")]
     assert ratios and all(math.isfinite(r) and r > 0 for r in ratios)
     # The dual solver reaches SLSQP's objective (up to float32 round-off) on every problem.
     assert all(row["objective_advantage_min"] > -1e-5 for row in results["dual"])
