@@ -3,8 +3,10 @@
 Every method takes a stacked per-task gradient pytree (each leaf with a leading task axis of size
 K, as returned by :func:`task_gradients`) and returns an update shaped like the parameters:
 
-    tx = optax.chain(camegrad_jax.camegrad(c=0.5, gamma=1.5, alpha=0.2, num_tasks=2),
-                     optax.adam(1e-3))
+    tx = optax.chain(camegrad_jax.camegrad(c, gamma, alpha), optax.adam(lr))
+
+The number of tasks K is read from the first stacked gradients; the multi-task transformation
+must come first in the chain (a chain in another order is refused at the first update).
 """
 
 from camegrad_jax._aggregation import (

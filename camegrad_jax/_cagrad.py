@@ -90,7 +90,8 @@ def cagrad(
       c: radius of the ball, ≥ 0 (``alpha``/``calpha`` in the official and LibMTL code).
       rescale: 0, 1 or 2, the official code's rescaling of d (see above; default 1).
       task_weights: static positive weights λ, one per task (default all ones).
-      num_tasks: K; needed to size the state unless ``task_weights`` gives it.
+      num_tasks: K, optional: the first stacked gradients size the state otherwise (pass it
+        for ``lax.scan`` over steps; see :func:`camegrad_jax.camegrad`).
       shared_mask: optional pytree of bools (or callable) marking the shared leaves; the others
         receive :math:`\sum_i \lambda_i g_i`.
       solver: ``"jaxopt"``, ``"apg"`` or ``"enumerate"`` (K ≤ 8, loop-free; see

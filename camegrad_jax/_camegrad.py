@@ -245,9 +245,9 @@ def camegrad(
       gamma: Stage 2 gain, ≥ 0 (paper: 1.0–2.0; ``kappa``).
       alpha: Stage 3 fusion coefficient in [0, 1] (paper: 0.1–0.9; ``nu``).
       task_weights: static positive weights λ, one per task (default all ones).
-      num_tasks: K; needed to size the state unless ``task_weights`` gives it. Under
-        ``optax.inject_hyperparams``, name it in ``static_args`` (or pass ``task_weights`` as a
-        list), since a traced integer cannot size the state of a jitted ``init``.
+      num_tasks: K, optional: without it (or ``task_weights``) the state is sized by the first
+        stacked gradients, so a jitted step compiles twice; pass it for ``lax.scan`` over steps,
+        whose carry may not change shape.
       rectify: Stage 1 on (False: d = g0).
       enhance: Stage 2 on (False: g̃ = d; ``"noise"``: Setting B).
       fuse: Stage 3 on (False: g = g̃).
@@ -276,7 +276,7 @@ def camegrad(
       >>> params = {"w": jnp.array([1.0, -1.0])}
       >>> def losses(p):  # two tasks that pull w in different directions
       ...     return jnp.stack([jnp.sum((p["w"] - 1.0) ** 2), jnp.sum((p["w"] + 2.0) ** 2)])
-      >>> tx = optax.chain(cg.camegrad(0.5, 1.5, 0.2, num_tasks=2), optax.sgd(0.05))
+      >>> tx = optax.chain(cg.camegrad(0.5, 1.5, 0.2), optax.sgd(0.05))
       >>> state = tx.init(params)
       >>> values, grads = cg.task_gradients(losses, params)
       >>> grads["w"].shape

@@ -69,7 +69,8 @@ def dwa(
       task_weights: static positive weights λ; the averages are of the weighted losses
         (λ cancels in the ratios) and the coefficients on the raw gradients are
         :math:`w_i \lambda_i`.
-      num_tasks: K; needed to size the state unless ``task_weights`` gives it.
+      num_tasks: K, optional: the first stacked gradients size the state otherwise (pass it
+        for ``lax.scan`` over steps; see :func:`camegrad_jax.camegrad`).
       shared_mask: leaves DWA's weights apply to (default all, as in the paper); the other
         leaves receive the linear-scalarization gradient Σ λ_i g_i.
 

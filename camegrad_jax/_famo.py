@@ -109,7 +109,8 @@ def famo(
         ``min_loss = 0``, λ cancels from the logits' updates and from the update's direction
         (only the normalisation c sees it), and rescaling every loss by one factor changes
         nothing.
-      num_tasks: K; needed to size the state unless ``task_weights`` gives it.
+      num_tasks: K, optional: the first stacked gradients size the state otherwise (pass it
+        for ``lax.scan`` over steps; see :func:`camegrad_jax.camegrad`).
       shared_mask: leaves FAMO's weights apply to (default all, as in the paper); the other
         leaves receive the linear-scalarization gradient Σ λ_i g_i.
 

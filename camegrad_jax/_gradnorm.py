@@ -83,7 +83,8 @@ def gradnorm(
       task_weights: static positive weights λ; the method runs on the weighted losses
         :math:`\lambda_i L_i` and gradients :math:`\lambda_i g_i` (so w learns to absorb λ), and
         the coefficients on the raw gradients are :math:`w_i \lambda_i`.
-      num_tasks: K; needed to size the state unless ``task_weights`` gives it.
+      num_tasks: K, optional: the first stacked gradients size the state otherwise (pass it
+        for ``lax.scan`` over steps; see :func:`camegrad_jax.camegrad`).
       shared_mask: the layer W on which the gradient norms are measured — GradNorm's "last shared
         layer" — as a pytree of bools (or a callable returning one). Default: all leaves. Unlike
         the gradient-based methods, the learned weights scale whole task losses, so they apply

@@ -186,7 +186,8 @@ def mmpareto(
     Args:
       gamma: magnitude gain γ ≥ 0 (official: 1.5).
       task_weights: static positive weights λ (the official code has none: all ones).
-      num_tasks: K; needed to size the state unless ``task_weights`` gives it.
+      num_tasks: K, optional: the first stacked gradients size the state otherwise (pass it
+        for ``lax.scan`` over steps; see :func:`camegrad_jax.camegrad`).
       shared_mask: leaves MMPareto acts on (the encoders'); default all leaves, i.e. applied
         globally, as in the CAME-Grad paper's comparison.
 

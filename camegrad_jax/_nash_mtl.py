@@ -146,7 +146,8 @@ def nash_mtl(
       update_weights_every: recompute α every this many updates (a positive integer).
       optim_niter: cap on the Newton steps of one solve (a positive integer).
       task_weights: static positive weights λ, one per task (default all ones).
-      num_tasks: K; needed to size the state unless ``task_weights`` gives it.
+      num_tasks: K, optional: the first stacked gradients size the state otherwise (pass it
+        for ``lax.scan`` over steps; see :func:`camegrad_jax.camegrad`).
       shared_mask: optional pytree of bools (or callable) marking the shared leaves; the others
         receive :math:`\sum_i \lambda_i g_i` (unclipped).
 

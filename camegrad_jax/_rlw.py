@@ -68,7 +68,8 @@ def rlw(
       distribution: ``"normal"``, ``"uniform"`` or ``"dirichlet"``.
       seed: integer seed of the PRNG key.
       task_weights: static positive weights λ, multiplying the random weights.
-      num_tasks: K; needed to size the state unless ``task_weights`` gives it.
+      num_tasks: K, optional: the first stacked gradients size the state otherwise (pass it
+        for ``lax.scan`` over steps; see :func:`camegrad_jax.camegrad`).
       shared_mask: leaves the random weights apply to (default all, as in the paper); the other
         leaves receive the linear-scalarization gradient Σ λ_i g_i.
 

@@ -196,7 +196,8 @@ def rotograd_scaling(
       burn_in_period: update after which the reference norms :math:`n_k(0)` are recorded again,
         a positive integer (official default 20).
       task_weights: static positive weights λ of the task losses.
-      num_tasks: K; needed to size the state unless ``task_weights`` gives it.
+      num_tasks: K, optional: the first stacked gradients size the state otherwise (pass it
+        for ``lax.scan`` over steps; see :func:`camegrad_jax.camegrad`).
       shared_mask: the backbone's leaves (default all).
 
     Returns:

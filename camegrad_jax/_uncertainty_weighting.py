@@ -70,7 +70,8 @@ def uncertainty_weighting(
       task_weights: static positive weights λ; the method runs on the weighted losses
         :math:`\lambda_i L_i` (so s learns to absorb λ) and the coefficients on the raw
         gradients are :math:`\lambda_i e^{-s_i}`.
-      num_tasks: K; needed to size the state unless ``task_weights`` gives it.
+      num_tasks: K, optional: the first stacked gradients size the state otherwise (pass it
+        for ``lax.scan`` over steps; see :func:`camegrad_jax.camegrad`).
       shared_mask: leaves the learned weights apply to (default all, as in the paper); the
         other leaves receive the linear-scalarization gradient Σ λ_i g_i.
 

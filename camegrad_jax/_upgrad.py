@@ -62,7 +62,8 @@ def upgrad(
     Args:
       reduction: ``"mean"`` (default, as torchjd) or ``"sum"`` of the projected gradients.
       task_weights: static positive weights λ, one per task (default all ones).
-      num_tasks: K; needed to size the state unless ``task_weights`` gives it.
+      num_tasks: K, optional: the first stacked gradients size the state otherwise (pass it
+        for ``lax.scan`` over steps; see :func:`camegrad_jax.camegrad`).
       shared_mask: optional pytree of bools (or callable) marking the shared leaves; the others
         receive :math:`\sum_i \lambda_i g_i`.
 

@@ -62,7 +62,7 @@ def main(steps: int = 300, log_every: int = 100, seed: int = 0) -> dict:
     state = train_state.TrainState.create(
         apply_fn=module.apply,
         params=module.init(jax.random.key(seed), x)["params"],
-        tx=optax.chain(cg.camegrad(c=0.5, gamma=1.5, alpha=0.2, num_tasks=2), optax.adam(3e-3)),
+        tx=optax.chain(cg.camegrad(c=0.5, gamma=1.5, alpha=0.2), optax.adam(3e-3)),
     )
 
     print(f"Flax Linen two-head regressor, TrainState, CAME-Grad + Adam(3e-3), {steps} steps")

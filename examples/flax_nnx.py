@@ -69,7 +69,7 @@ def main(steps: int = 300, log_every: int = 100, seed: int = 0) -> dict:
     """Trains for `steps` steps, prints losses and diagnostics, returns the loss history."""
     x, y_a, y_b = make_data(seed)
     model = TwoHeadRegressor(x.shape[1], 32, rngs=nnx.Rngs(seed))
-    tx = optax.chain(cg.camegrad(c=0.5, gamma=1.5, alpha=0.2, num_tasks=2), optax.adam(3e-3))
+    tx = optax.chain(cg.camegrad(c=0.5, gamma=1.5, alpha=0.2), optax.adam(3e-3))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     print(f"Flax NNX two-head regressor, CAME-Grad + Adam(3e-3), {steps} steps, seed {seed}")

@@ -530,9 +530,14 @@ def test_error_names_the_value():
         cg.camegrad(c=-1)
 
 
-def test_unknown_number_of_tasks_fails_at_init():
-    with pytest.raises(ValueError, match="num_tasks"):
-        cg.camegrad().init({"w": jnp.zeros(3)})
+def test_unknown_number_of_tasks_leaves_the_task_axis_empty_until_the_first_update():
+    tx = cg.camegrad()
+    state = tx.init({"w": jnp.zeros(3)})
+    assert state.coefficients.shape == (0,)
+    _, state = tx.update({"w": jnp.ones((4, 3))}, state)
+    assert state.coefficients.shape == (4,) and state.method_state.dual_weights.shape == (4,)
+    with pytest.raises(ValueError, match="K = 3 tasks, but camegrad's state was built for K = 4"):
+        tx.update({"w": jnp.ones((3, 3))}, state)
 
 
 def test_task_axis_mismatches_fail_loudly():

@@ -565,7 +565,11 @@ _NEUTRAL_WORDS = frozenset(
     "earlier recent made available none technique limited due patient rotation rotated "
     "positioning inspiration inspiratory expiration penetration low lung lungs volume volumes "
     "findings impression indication history clinical reason obtained performed provided again "
-    "also since now today dated date left right bilateral stable unchanged appearance".split()
+    "also since now today dated date left right bilateral stable unchanged appearance bedside "
+    "habitus underpenetration underpenetrated overpenetrated body erect thorax slight shallow "
+    "evaluation assessment months days weeks before ago "
+    # Normal variants, not findings.
+    "nipple nipples shadow shadows azygos lobe fissure".split()
 )
 _SENTENCE_END = re.compile(r"\.(?!\d)|(?<!\d)\.|[!?\n]")
 _CLAUSE_BOUNDARY = re.compile(
@@ -925,9 +929,23 @@ def _classify_clause(clause: str) -> list[tuple[_Mention, int]]:
     return labelled
 
 
+# Sections that give the clinical question or the technique, not findings (CheXpert labels the
+# impression; R2Gen-style reports may still carry these lines).
+_CONTEXT_SECTION = re.compile(
+    r"^\s*(?:(?:indication|history|clinical (?:history|information|indication)|reason for "
+    r"(?:exam|examination|study)|technique|examination|exam)\s*:|(?:comparison|compared)\b)"
+)
+# A limitation of the study ("large body habitus limits the study") describes the examination.
+_LIMITATION = re.compile(r"\blimit(?:s|ed|ing|ation|ations)?\b")
+_SECTION_HEADER = re.compile(r"^\s*(?:findings|impression|conclusion)\s*:\s*")
+
+
 def _unrecognised(sentence: str) -> bool:
     """Whether a sentence without a mention may state an abnormality the tables miss."""
-    if _NORMAL_STATEMENT.search(sentence):
+    if _CONTEXT_SECTION.search(sentence):
+        return False
+    sentence = _SECTION_HEADER.sub("", sentence)
+    if _NORMAL_STATEMENT.search(sentence) or _LIMITATION.search(sentence):
         return False
     return any(w not in _NEUTRAL_WORDS for w in re.findall(r"[a-z]+", sentence))
 

@@ -204,8 +204,11 @@ def test_report_loss_ignores_pad_targets() -> None:
 def test_model_loss_unchanged_by_extra_padding(model: RRGModel) -> None:
     batch = make_batch(max_words=4)  # EOS at position 5 at the latest
     short = dict(batch, tokens=batch["tokens"][:, :6])
+    # Equal up to float32 round-off: the two programs sum over different token counts.
     np.testing.assert_allclose(
-        jit_losses(model, batch, train=False)[0], jit_losses(model, short, train=False)[0]
+        jit_losses(model, batch, train=False)[0],
+        jit_losses(model, short, train=False)[0],
+        rtol=1e-6,
     )
 
 
