@@ -41,6 +41,15 @@ def _faces(num_tasks: int, with_empty: bool = False) -> jax.Array:
 
 
 def check_num_tasks(num_tasks: int) -> None:
+    """Raises `ValueError` for more tasks than the enumeration is offered for.
+
+    Examples:
+      >>> from camegrad_jax._enumerate_dual import check_num_tasks
+      >>> check_num_tasks(9)  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      ValueError: Parameter `solver = "enumerate"` ... is offered for K ≤ 8; found K = 9. ...
+    """
     if num_tasks > MAX_TASKS:
         raise ValueError(
             f'Parameter `solver = "enumerate"` solves the 2^K − 1 faces of the simplex at once '
