@@ -7,7 +7,6 @@ pushed out of range by a schedule) fails loudly or poisons the step, never silen
 
 from __future__ import annotations
 
-import flax.linen as linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +17,7 @@ from flax.training import train_state
 from method_registry import CORE_METHODS, Method
 from method_registry_gradient import GRADIENT_METHODS
 from method_registry_loss import LOSS_METHODS
-from test_interop import extra_args, two_task_problem
+from test_interop import _LinenTwoHead, _NNXTwoHead, extra_args, two_task_problem
 
 import camegrad_jax as cg
 
@@ -85,16 +84,6 @@ def test_jitted_loop_without_task_count_compiles_at_most_twice(method):
 
 @pytest.mark.parametrize("method", SAMPLE, ids=lambda m: m.name)
 def test_nnx_optimizer_without_task_count_eager_and_jitted(method):
-    class TwoHead(nnx.Module):
-        def __init__(self, rngs):
-            self.trunk = nnx.Linear(4, 8, rngs=rngs)
-            self.a = nnx.Linear(8, 1, rngs=rngs)
-            self.b = nnx.Linear(8, 1, rngs=rngs)
-
-        def __call__(self, x):
-            z = jnp.tanh(self.trunk(x))
-            return self.a(z)[:, 0], self.b(z)[:, 0]
-
     x = jax.random.normal(jax.random.key(1), (32, 4))
     y_a, y_b = jnp.sin(x.sum(1)), -jnp.sin(x.sum(1)) + x[:, 0]
 
@@ -110,7 +99,7 @@ def test_nnx_optimizer_without_task_count_eager_and_jitted(method):
         return values
 
     for jitted in (False, True):
-        model = TwoHead(nnx.Rngs(0))
+        model = _NNXTwoHead(nnx.Rngs(0))
         tx = optax.chain(without_task_count(method), optax.adam(1e-2))
         optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
         run = nnx.jit(step) if jitted else step
@@ -122,13 +111,7 @@ def test_nnx_optimizer_without_task_count_eager_and_jitted(method):
 
 @pytest.mark.parametrize("method", SAMPLE, ids=lambda m: m.name)
 def test_linen_train_state_without_task_count(method):
-    class TwoHead(linen.Module):
-        @linen.compact
-        def __call__(self, x):
-            z = jnp.tanh(linen.Dense(8)(x))
-            return linen.Dense(1)(z)[:, 0], linen.Dense(1)(z)[:, 0]
-
-    module = TwoHead()
+    module = _LinenTwoHead()
     x = jax.random.normal(jax.random.key(2), (32, 4))
     y_a, y_b = jnp.cos(x.sum(1)), -jnp.cos(x.sum(1))
     tx = optax.chain(without_task_count(method), optax.adam(1e-2))
