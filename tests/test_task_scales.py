@@ -52,11 +52,12 @@ def _conflicting(rng, num_tasks, dim=24):
 def test_a_common_scale_from_1e_minus_30_to_1e30_changes_only_the_scale(name):
     factory, degree = GRAM_METHODS[name]
     rng = np.random.default_rng(7)
-    for num_tasks in (2, 3, 5):
+    for num_tasks in (2, 5):
         grads = _conflicting(rng, num_tasks).astype(np.float32)
         reference, _ = _update(factory, jnp.asarray(grads))
         assert np.linalg.norm(reference) > 0
-        for exponent in (-100, -75, -50, -25, 25, 50, 63, 75, 100):
+        # Both ends, and ±60 where the plain float32 Gram already underflows or overflows.
+        for exponent in (-100, -60, 60, 100):
             scale = 2.0**exponent
             updates, state = _update(factory, jnp.asarray(grads * np.float32(scale)))
             expected = reference * scale**degree
@@ -138,9 +139,9 @@ def test_camegrad_float32_across_a_spread_of_1e6_against_a_float64_reference():
     # Not yet the whole target: before the equilibrated polish and the every-support fallback,
     # the median error was 0.3 and no problem came within 1e-3; now the median is ~1e-7 and
     # 1 problem in 40 still misses 1e-3 (its optimal support is found, in float32, by neither
-    # the iterations nor the loosely verified polish).
+    # the iterations nor the loosely verified polish). 20 of those problems run here.
     errors = []
-    for h in _spread_problems(seed=0, count=40, spread_decades=6):
+    for h in _spread_problems(seed=0, count=20, spread_decades=6):
         reference = _camegrad_reference(h)
         updates, _ = _update(GRAM_METHODS["camegrad"][0], jnp.asarray(h, jnp.float32))
         errors.append(np.linalg.norm(updates - reference) / np.linalg.norm(reference))
@@ -150,10 +151,9 @@ def test_camegrad_float32_across_a_spread_of_1e6_against_a_float64_reference():
     assert errors.max() < 1e-2
 
 
-@pytest.mark.parametrize("spread_decades", [6, 12])
-def test_camegrad_float64_holds_a_spread_of_1e12_against_the_reference(spread_decades):
+def test_camegrad_float64_holds_a_spread_of_1e12_against_the_reference():
     with jax.enable_x64(True):
-        for h in _spread_problems(seed=1, count=25, spread_decades=spread_decades):
+        for h in _spread_problems(seed=1, count=10, spread_decades=12):
             reference = _camegrad_reference(h)
             updates, _ = _update(GRAM_METHODS["camegrad"][0], jnp.asarray(h, jnp.float64))
             error = np.linalg.norm(updates - reference) / np.linalg.norm(reference)
@@ -168,7 +168,7 @@ SPREAD_HOLDING = ["pcgrad", "imtl_g"]
 @pytest.mark.parametrize("name", SPREAD_HOLDING)
 def test_float32_holds_a_spread_of_1e6_against_float64(name):
     factory, _ = GRAM_METHODS[name]
-    problems = list(_spread_problems(seed=2, count=30, spread_decades=6))
+    problems = list(_spread_problems(seed=2, count=12, spread_decades=6))
     with jax.enable_x64(True):
         references = [_update(factory, jnp.asarray(h, jnp.float64))[0] for h in problems]
     for h, reference in zip(problems, references, strict=True):
