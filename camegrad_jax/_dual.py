@@ -44,6 +44,7 @@ from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from optax.projections import projection_simplex
 
@@ -333,6 +334,12 @@ def polish_on_support(support, gram, radius, centre):
 _MAX_TASKS_ALL_SUPPORTS = 8
 
 
+def every_support(num_tasks: int, with_empty: bool = False) -> jax.Array:
+    """(2^K − 1, K) bool: every non-empty subset of the K tasks (and the empty one if asked)."""
+    codes = np.arange(0 if with_empty else 1, 2**num_tasks)
+    return jnp.asarray((codes[:, None] >> np.arange(num_tasks)) & 1, bool)
+
+
 def _polish_every_support(gram, radius, centre):
     """The polish on all 2^K − 1 supports at once; of the verified ones, the best worst gain.
 
@@ -341,13 +348,9 @@ def _polish_every_support(gram, radius, centre):
     the right support is exact: a verified support satisfies the optimality conditions, so any
     one of them is optimal, and the best worst-case gain only arbitrates round-off.
     """
-    num_tasks = gram.shape[0]
-    masks = jnp.asarray(
-        [[(m >> i) & 1 for i in range(num_tasks)] for m in range(1, 2**num_tasks)], bool
-    )
     valid, weights, directions = jax.vmap(
         lambda support: polish_on_support(support, gram, radius, centre)
-    )(masks)
+    )(every_support(gram.shape[0]))
     worst_gains = jnp.min(directions @ gram, axis=1)
     best = jnp.argmax(jnp.where(valid, worst_gains, -jnp.inf))
     return valid[best], weights[best], directions[best]

@@ -27,17 +27,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from camegrad_jax import _cone, _dual
 
 MAX_TASKS = 8
-
-
-def _faces(num_tasks: int, with_empty: bool = False) -> jax.Array:
-    """(2^K − 1, K) bool: every non-empty subset of the K tasks (and the empty one if asked)."""
-    codes = np.arange(0 if with_empty else 1, 2**num_tasks)
-    return jnp.asarray((codes[:, None] >> np.arange(num_tasks)) & 1, bool)
 
 
 def check_num_tasks(num_tasks: int) -> None:
@@ -74,7 +67,7 @@ def project_by_enumeration(gram: jax.Array, coefficients: jax.Array) -> jax.Arra
     trace = jnp.trace(gram)
     normalised = gram / jnp.where(trace > 0, trace, 1.0)
     linear = normalised @ coefficients
-    faces = _faces(gram.shape[0], with_empty=True)
+    faces = _dual.every_support(gram.shape[0], with_empty=True)
     valid, mu = jax.vmap(lambda face: _cone.support_solve(face, normalised, linear))(faces)
     objective = 0.5 * jnp.einsum("si,ij,sj->s", mu, normalised, mu) + mu @ linear
     return coefficients + mu[_best(valid, objective)]
@@ -101,7 +94,7 @@ def solve_by_enumeration(
     dtype = gram.dtype
     radius = jnp.asarray(radius, dtype)
     init = init.astype(dtype)
-    faces = _faces(num_tasks)
+    faces = _dual.every_support(num_tasks)
     # On a face the r = 0 problem is degenerate; solve with r = 1 there and discard the result.
     live_radius = jnp.where(radius > 0, radius, 1.0)
     valid, weights, directions = jax.vmap(
