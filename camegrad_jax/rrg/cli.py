@@ -65,6 +65,7 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 
 def _train_flags() -> list[_Flag]:
+    from camegrad_jax.rrg.aux_tasks import AUX_TASKS
     from camegrad_jax.rrg.optim import available_methods
 
     flag = argparse.BooleanOptionalAction
@@ -96,6 +97,18 @@ def _train_flags() -> list[_Flag]:
         ("--num-encoder-layers", "num_encoder_layers", {"type": int}, "encoder layers"),
         ("--num-decoder-layers", "num_decoder_layers", {"type": int}, "decoder layers"),
         ("--dropout", "dropout", {"type": float}, "dropout rate"),
+        (
+            "--aux",
+            "aux",
+            {"choices": AUX_TASKS},
+            "auxiliary task beside report generation (docs/auxiliary-tasks.md)",
+        ),
+        (
+            "--alignment-weak",
+            "alignment_weak",
+            {"action": flag},
+            "with --aux alignment: studies with equal labels are positives (WCL)",
+        ),
         # Optimisation.
         ("--optimizer", "optimizer", {"choices": available_methods()}, "multi-task method"),
         ("--c", "c", {"type": float}, "CAME-Grad/CAGrad trust-region radius c"),

@@ -495,7 +495,7 @@ def _run_comparison_locked(config: CompareConfig, out: Path, progress: bool) -> 
                 f"{spec.name} seed {spec.seed} ({how}, {record['wall_seconds']:.0f} s): "
                 f"CE F1 {test['ce_example_f1']:.3f} (example), "
                 f"{test['ce_label_macro_f1']:.3f} (label-macro), "
-                f"aux AUC {_fmt(test['aux_auc_macro'])}"
+                f"aux AUC {_fmt(test.get('aux_auc_macro'))}"
             )
     bar.close()
 

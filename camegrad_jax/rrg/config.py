@@ -20,6 +20,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from camegrad_jax.rrg.aux_tasks import ALIGNMENT, AUX_TASKS
 from camegrad_jax.rrg.data import DATASET_VIEWS, DEFAULT_MAX_LEN
 from camegrad_jax.rrg.model import ModelConfig
 from camegrad_jax.rrg.optim import MULTITASK_METHODS, check_method_options
@@ -27,7 +28,9 @@ from camegrad_jax.rrg.synthetic import GENERATORS, SyntheticConfig
 
 __all__ = ["TASK_NAMES", "TrainConfig"]
 
-TASK_NAMES: tuple[str, str] = ("lm", "cls")  # The two losses, in the order of `loss_vector`.
+# The two losses, in the order of `loss_vector`. The second slot holds the auxiliary task of
+# every variant (`TrainConfig.aux`); it keeps the name "cls" in logs and results.
+TASK_NAMES: tuple[str, str] = ("lm", "cls")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +57,12 @@ class TrainConfig:
 
       conv_features, norm_groups, d_model, num_heads, d_ff, num_encoder_layers,
       num_decoder_layers, dropout, label_smoothing: model sizes (see `ModelConfig`).
+      aux: the auxiliary task beside report generation, a name of
+        `camegrad_jax.rrg.aux_tasks.AUX_TASKS`: ``"classification"`` (the label head, the
+        default), ``"classification-prompt"`` (its answers also prompt the decoder, as in
+        PromptMRG) or ``"alignment"`` (image–report InfoNCE, as in REVTAF/WCL).
+      alignment_weak: with ``aux="alignment"``, studies with equal labels are positives of one
+        another (WCL's weak supervision).
 
       epochs: training epochs.
       batch_size: training batch size (the last partial batch of an epoch is dropped).
@@ -62,7 +71,8 @@ class TrainConfig:
         methods that declare them.
       method_options: further keyword arguments of the method's factory (JSON values),
         checked by `optim.check_method_options`.
-      cls_weight: λ of the classification loss; task weights are ``[1, cls_weight]``.
+      cls_weight: λ of the auxiliary loss (the classification loss by default); task weights
+        are ``[1, cls_weight]``.
       learning_rate: peak learning rate of AdamW (2e-3 measured best for this model trained
         from scratch in a few hundred steps; see above).
       warmup_fraction: share of the training steps of the linear warm-up from 0.
@@ -106,6 +116,8 @@ class TrainConfig:
     num_decoder_layers: int = 1
     dropout: float = 0.1
     label_smoothing: float = 0.1
+    aux: str = "classification"
+    alignment_weak: bool = False
 
     epochs: int = 12
     batch_size: int = 32
@@ -168,6 +180,12 @@ class TrainConfig:
             raise ValueError(
                 f"`synthetic_generator` should be one of {GENERATORS}. Found "
                 f"`synthetic_generator = {self.synthetic_generator!r}`."
+            )
+        if self.aux not in AUX_TASKS:
+            raise ValueError(f"`aux` should be one of {AUX_TASKS}. Found `aux = {self.aux!r}`.")
+        if self.alignment_weak and self.aux != ALIGNMENT:
+            raise ValueError(
+                f"`alignment_weak` needs `aux = {ALIGNMENT!r}`. Found `aux = {self.aux!r}`."
             )
         if self.optimizer not in MULTITASK_METHODS:
             raise ValueError(

@@ -5,7 +5,9 @@ against the references cleaned by the same tokenizer (R2Gen's cleaning, untrunca
 :func:`camegrad_jax.rrg.metrics.evaluate_reports`: NLG (BLEU-1..4, METEOR when asked, ROUGE-L)
 and clinical efficacy under both protocols, both sides labelled by the rule-based labeler. The
 auxiliary head is scored from :func:`classification_probs` against the gold labels
-(``aux_*``). Model selection uses ``ce_example_f1`` (example-based CE F1, the paper's protocol).
+(``aux_*``); a model whose auxiliary task is alignment (no label head, see
+:mod:`camegrad_jax.rrg.aux_tasks`) is scored by image→report retrieval instead
+(``aux_retrieval_r1``, ``aux_retrieval_r5``). Model selection uses ``ce_example_f1`` (example-based CE F1, the paper's protocol).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
+from camegrad_jax.rrg.aux_tasks import AlignedRRGModel, retrieval_metrics
 from camegrad_jax.rrg.data import RRGDataset
 from camegrad_jax.rrg.labeler import label_reports
 from camegrad_jax.rrg.metrics import auxiliary_head_metrics, evaluate_reports
@@ -38,14 +41,16 @@ def generate_reports(
     beam_size: int = 1,
     max_len: int | None = None,
     batch_size: int = 64,
-) -> tuple[list[str], np.ndarray]:
-    """Generated reports (detokenised) and label probabilities (N, 14, 4) for ``split``.
+) -> tuple[list[str], np.ndarray | None]:
+    """Generated reports (detokenised) and label probabilities (N, 14, 4) for ``split``
+    (None for a model without a label head).
 
     Every batch is padded to ``batch_size`` so that decoding compiles once per shape.
     """
     data = dataset.splits[split]
     reports: list[str] = []
     probs = []
+    label_head = not isinstance(model, AlignedRRGModel)
     for index in dataset.batch_indices(split, batch_size):
         images = data.images[index][..., None]
         count = len(index)
@@ -56,11 +61,11 @@ def generate_reports(
             tokens = greedy_decode(model, images, max_len)
         else:
             tokens = beam_search_decode(model, images, beam_size, max_len)
-        batch_probs = classification_probs(model, images)
-        tokens, batch_probs = jax.device_get((tokens, batch_probs))
+        tokens = jax.device_get(tokens)
         reports.extend(dataset.tokenizer.decode_batch(tokens[:count]))
-        probs.append(batch_probs[:count])
-    return reports, np.concatenate(probs)
+        if label_head:
+            probs.append(jax.device_get(classification_probs(model, images))[:count])
+    return reports, np.concatenate(probs) if label_head else None
 
 
 def evaluate_split(
@@ -78,7 +83,7 @@ def evaluate_split(
 
     Returns:
       ``(metrics, generated)``: metrics as `evaluate_reports` names them, plus ``aux_*`` of
-      `auxiliary_head_metrics`, ``num_reports`` and ``mean_generated_words``.
+      `auxiliary_head_metrics` (of `retrieval_metrics` for an alignment model), ``num_reports`` and ``mean_generated_words``.
     """
     generated, probs = generate_reports(
         model, dataset, split, beam_size=beam_size, max_len=max_len, batch_size=batch_size
@@ -86,7 +91,11 @@ def evaluate_split(
     data = dataset.splits[split]
     references = [dataset.tokenizer.clean(report) for report in data.reports]
     metrics = evaluate_reports(generated, references, labeler, meteor=meteor)
-    for name, value in auxiliary_head_metrics(probs, data.labels).items():
+    if probs is None:
+        aux = retrieval_metrics(model, data.images[..., None], data.tokens, batch_size=batch_size)
+    else:
+        aux = auxiliary_head_metrics(probs, data.labels)
+    for name, value in aux.items():
         metrics[f"aux_{name}"] = value
     metrics["num_reports"] = len(generated)
     metrics["mean_generated_words"] = float(np.mean([len(r.split()) for r in generated]))

@@ -26,6 +26,7 @@ from flax import nnx
 
 import camegrad_jax
 from camegrad_jax import MultiTaskState
+from camegrad_jax.rrg.aux_tasks import build_model
 from camegrad_jax.rrg.config import TASK_NAMES, TrainConfig
 from camegrad_jax.rrg.data import RRGDataset, load_dataset
 from camegrad_jax.rrg.diagnostics import step_diagnostics
@@ -91,8 +92,10 @@ class Setup:
       config: the run's configuration.
       dataset: the data (tokenizer included).
       graphdef, params, rest: ``nnx.split(model, nnx.Param, ...)`` of the freshly initialised
-        model, ``rest`` holding ``base_probs`` from the training labels.
-      shared_mask: True for the visual encoder's parameters, the only ones both losses share.
+        model (the variant of ``config.aux``), ``rest`` holding ``base_probs`` from the
+        training labels.
+      shared_mask: True for the visual encoder's parameters, the only ones both losses share
+        (in every auxiliary-task variant).
       steps_per_epoch: training steps per epoch (the last partial batch is dropped).
       schedule: the learning rate by step.
       multitask: the multi-task transformation (first member of ``tx``).
@@ -151,7 +154,12 @@ def build_setup(
         dataset = load_data(config, tokenizer=tokenizer, image_mean=image_mean, image_std=image_std)
     model_config = config.model_config(dataset.tokenizer.vocab_size, dataset.num_views)
     # RBG keys: on a CPU they compile the initialisers several times faster than threefry.
-    model = RRGModel(model_config, rngs=nnx.Rngs(jax.random.key(config.seed, impl="rbg")))
+    model = build_model(
+        config.aux,
+        model_config,
+        rngs=nnx.Rngs(jax.random.key(config.seed, impl="rbg")),
+        alignment_weak=config.alignment_weak,
+    )
     model.set_base_probs(dataset.base_probs())
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     shared_mask = shared_parameter_mask(model)

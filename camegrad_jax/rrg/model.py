@@ -540,6 +540,27 @@ class RRGModel(nnx.Module):
         lm_logits = self.decode(input_tokens, self.cross_kv(memory), decoder_key)
         return lm_logits, self.classification_logits(features)
 
+    def task_losses(
+        self, batch: dict[str, jax.Array], *, train: bool, dropout_key: jax.Array | None
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """`[L_lm, L_cls]` and the label probabilities; see `losses_with_aux`, which checks the
+        arguments and calls this. A model with another auxiliary task overrides it (see
+        `camegrad_jax.rrg.aux_tasks`)."""
+        tokens = batch["tokens"]
+        lm_logits, cls_logits = self.teacher_forced(batch, train=train, dropout_key=dropout_key)
+        lm = report_loss(lm_logits, tokens[:, 1:], self.config.label_smoothing)
+        base_probs = self.base_probs[...] if train else None
+        cls = classification_loss(cls_logits, batch["labels"], base_probs)
+        aux = {"cls_probs": jax.nn.softmax(cls_logits, axis=-1)}
+        return jnp.stack([lm, cls]), aux
+
+    def teacher_forced(
+        self, batch: dict[str, jax.Array], *, train: bool, dropout_key: jax.Array | None
+    ) -> tuple[jax.Array, jax.Array]:
+        """`(lm_logits, cls_logits)` of a batch by teacher forcing (what `task_losses` scores)."""
+        del train  # The plain model's forward pass is the same in both modes but for dropout.
+        return self(batch["images"], batch["tokens"][:, :-1], dropout_key=dropout_key)
+
 
 def report_loss(logits: jax.Array, targets: jax.Array, label_smoothing: float) -> jax.Array:
     """Label-smoothed next-token cross-entropy, averaged over the non-PAD targets.
@@ -604,13 +625,7 @@ def losses_with_aux(
         dropout_key = None
     elif dropout_key is None and model.config.dropout > 0.0:
         raise ValueError("`train=True` needs a `dropout_key` when `config.dropout > 0`.")
-    tokens = batch["tokens"]
-    lm_logits, cls_logits = model(batch["images"], tokens[:, :-1], dropout_key=dropout_key)
-    lm = report_loss(lm_logits, tokens[:, 1:], model.config.label_smoothing)
-    base_probs = model.base_probs[...] if train else None
-    cls = classification_loss(cls_logits, batch["labels"], base_probs)
-    aux = {"cls_probs": jax.nn.softmax(cls_logits, axis=-1)}
-    return jnp.stack([lm, cls]), aux
+    return model.task_losses(batch, train=train, dropout_key=dropout_key)
 
 
 def losses(

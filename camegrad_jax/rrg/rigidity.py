@@ -1,0 +1,376 @@
+"""The paper's rigidity claim, re-measured on the reference setup's auxiliary-task variants.
+
+The paper's Table D.1 sorts its backbones by how rigid the auxiliary task's constraint is and
+finds CAME-Grad's best α falls with it: rigid constraints (multi-label classification,
+retrieval and alignment) at α 0.1–0.2, soft ones (weakly supervised contrastive) at 0.8–0.9.
+Its explanation: a rigid auxiliary task conflicts more with report generation, and a small α
+keeps more of the conflict-averse direction.
+
+For each variant of `camegrad_jax.rrg.aux_tasks` one comparison
+(`camegrad_jax.rrg.compare.run_comparison`, i.e. ``camegrad-rrg compare --aux …``) trains
+linear scalarization and CAME-Grad at α ∈ `RIGIDITY_ALPHAS` (γ, c at their defaults) for every
+seed. From linear scalarization's per-step log it takes the *conflict ratio* (share of steps
+whose task gradients on the shared encoder have a negative cosine) and the *collapse ratio*
+(the magnitude-collapse ratio of the two gradients); from the α sweep, the test CE F1 (example-
+based) and BLEU-4 per α. :func:`rigidity_rows` turns the comparisons' summaries into one
+:class:`RigidityRow` per variant, :func:`write_rigidity` writes the table and the figure.
+
+**The reduced configuration** (`REDUCED_FIELDS`). The default run takes minutes per seed; the
+whole measurement (four variants × five configurations × three seeds = 60 runs) must fit in
+about 40 minutes on two shared CPU cores. So it trains a smaller model on smaller synthetic v2
+data: 32 × 32 images, three conv blocks (16, 32, 32), a 32-wide transformer with one layer each
+way, reports cut at 40 tokens, 256 training studies for 5 epochs of 16 steps, validated once at
+the end. CAME-Grad's Stage 1 uses the loop-free ``solver="enumerate"`` (exact for K ≤ 8, equal
+to the default solver to round-off), because each α is a separate compilation and on two
+loaded CPU cores the default solver's train step took over four minutes to compile, the
+enumerate one about one. It learns both tasks only partly; what it measures is how the variants
+differ from one another under the same budget, not the default run's quality.
+
+Run it with ``python -m camegrad_jax.rrg.rigidity --out runs/rigidity`` (every variant, then
+the table and figure; finished runs are reused). Each variant is two comparisons
+(`compare_configs`); the same measurement at any other size is ``camegrad-rrg compare --aux
+VARIANT --methods linear,camegrad --sweep --sweep-alpha 0.1,0.2,0.5,0.9 --sweep-gamma 1.5
+--sweep-c 0.5`` (with the default solver).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from camegrad_jax.rrg.compare import BASELINE, CAMEGRAD, SUMMARY_FILE, CompareConfig
+from camegrad_jax.rrg.config import TrainConfig
+
+__all__ = [
+    "REDUCED_FIELDS",
+    "RIGIDITY_ALPHAS",
+    "VARIANTS",
+    "RigidityRow",
+    "Variant",
+    "compare_configs",
+    "rigidity_rows",
+    "write_rigidity",
+]
+
+RIGIDITY_ALPHAS: tuple[float, ...] = (0.1, 0.2, 0.5, 0.9)
+RIGIDITY_SEEDS: tuple[int, ...] = (0, 1, 2)
+
+REDUCED_FIELDS: dict[str, Any] = {
+    "synthetic_train_size": 256,
+    "synthetic_val_size": 48,
+    "synthetic_test_size": 96,
+    "image_size": 32,
+    "conv_features": (16, 32, 32),
+    "norm_groups": 8,
+    "d_model": 32,
+    "num_heads": 2,
+    "d_ff": 64,
+    "num_encoder_layers": 1,
+    "num_decoder_layers": 1,
+    "max_len": 40,
+    "batch_size": 16,
+    "epochs": 5,
+    "eval_every": 5,
+    "eval_batch_size": 48,
+    "learning_rate": 3e-3,
+    "meteor_test": False,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """An auxiliary-task variant and where the paper puts its kind.
+
+    Attributes:
+      name: folder and row name.
+      aux, alignment_weak: its `TrainConfig` fields.
+      paper_backbones: the paper's backbones with this kind of auxiliary task.
+      paper_family: Table D.1's group.
+      paper_alpha: Table D.1's best α range for that group.
+    """
+
+    name: str
+    aux: str
+    alignment_weak: bool
+    paper_backbones: str
+    paper_family: str
+    paper_alpha: str
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("classification", "classification", False, "DCL (graph nodes)", "rigid", "0.1–0.2"),
+    Variant(
+        "classification-prompt", "classification-prompt", False, "PromptMRG", "rigid", "0.1–0.2"
+    ),
+    Variant("alignment", "alignment", False, "REVTAF", "rigid", "0.1–0.2"),
+    Variant("alignment-weak", "alignment", True, "WCL", "soft", "0.8–0.9"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RigidityRow:
+    """The measurement of one variant (means and stds over seeds; None where not measured).
+
+    Attributes:
+      variant: the variant.
+      seeds: number of seeds of the linear run.
+      conflict, conflict_std: linear scalarization's share of steps in conflict.
+      cosine: linear scalarization's mean cosine of the two task gradients.
+      collapse, collapse_std: linear scalarization's mean magnitude-collapse ratio.
+      linear_f1: linear scalarization's test CE F1 (example-based).
+      alphas: the α values of the sweep.
+      f1, f1_std: CAME-Grad's test CE F1 per α.
+      bleu4: CAME-Grad's test BLEU-4 per α.
+      best_alpha: the α of the highest mean CE F1.
+    """
+
+    variant: Variant
+    seeds: int
+    conflict: float | None
+    conflict_std: float | None
+    cosine: float | None
+    collapse: float | None
+    collapse_std: float | None
+    linear_f1: float | None
+    alphas: tuple[float, ...]
+    f1: tuple[float | None, ...]
+    f1_std: tuple[float | None, ...]
+    bleu4: tuple[float | None, ...]
+    best_alpha: float | None
+
+
+def compare_configs(
+    variant: Variant,
+    out_dir: str | Path,
+    *,
+    seeds: Sequence[int] = RIGIDITY_SEEDS,
+    alphas: Sequence[float] = RIGIDITY_ALPHAS,
+    fields: Mapping[str, Any] | None = None,
+) -> tuple[CompareConfig, CompareConfig]:
+    """The two comparisons measuring ``variant`` on `REDUCED_FIELDS` (or ``fields``), with no
+    noise traces: linear scalarization (``OUT/<variant>/linear``), and CAME-Grad's α sweep with
+    its enumerate solver (``OUT/<variant>/alpha``). Two, because a comparison gives every method
+    the same ``method_options`` and linear scalarization takes no ``solver``."""
+    base = TrainConfig(
+        **(REDUCED_FIELDS if fields is None else fields),
+        aux=variant.aux,
+        alignment_weak=variant.alignment_weak,
+    )
+    folder = Path(out_dir) / variant.name
+    linear = CompareConfig(
+        out_dir=str(folder / "linear"),
+        base=base,
+        methods=(BASELINE,),
+        seeds=tuple(seeds),
+        noise_methods=(),
+        bootstrap_resamples=1000,
+    )
+    sweep = CompareConfig(
+        out_dir=str(folder / "alpha"),
+        base=base.replace(method_options={"solver": "enumerate"}),
+        methods=(CAMEGRAD,),
+        seeds=tuple(seeds),
+        noise_methods=(),
+        sweep=True,
+        sweep_grid={"alpha": tuple(alphas)},
+        bootstrap_resamples=1000,
+    )
+    return linear, sweep
+
+
+def _stat(entry: Mapping[str, Any] | None, key: str = "mean") -> float | None:
+    return None if entry is None else entry.get(key)
+
+
+def rigidity_rows(
+    linear: Mapping[str, Mapping[str, Any]], sweeps: Mapping[str, Mapping[str, Any]]
+) -> list[RigidityRow]:
+    """One row per variant of `VARIANTS` found in both ``linear`` and ``sweeps`` (variant
+    name → the ``summary.json`` of its linear comparison / of its α sweep, see
+    `compare_configs`), in `VARIANTS` order."""
+    rows = []
+    for variant in VARIANTS:
+        if variant.name not in linear or variant.name not in sweeps:
+            continue
+        dynamics = linear[variant.name]["dynamics"].get(BASELINE, {})
+        table = linear[variant.name]["table"].get(BASELINE, {})
+        sweep = sweeps[variant.name]["sweep"]["alpha"]
+        f1 = tuple(_stat(row["ce_example_f1"]) for row in sweep)
+        scored = [
+            (value, row["value"]) for value, row in zip(f1, sweep, strict=True) if value is not None
+        ]
+        rows.append(
+            RigidityRow(
+                variant=variant,
+                seeds=len(table.get("seeds", [])),
+                conflict=_stat(dynamics.get("conflict_share")),
+                conflict_std=_stat(dynamics.get("conflict_share"), "std"),
+                cosine=_stat(dynamics.get("cosine_mean")),
+                collapse=_stat(dynamics.get("collapse_ratio_mean")),
+                collapse_std=_stat(dynamics.get("collapse_ratio_mean"), "std"),
+                linear_f1=_stat(table.get("ce_example_f1")),
+                alphas=tuple(row["value"] for row in sweep),
+                f1=f1,
+                f1_std=tuple(_stat(row["ce_example_f1"], "std") for row in sweep),
+                bleu4=tuple(_stat(row["BLEU_4"]) for row in sweep),
+                best_alpha=max(scored)[1] if scored else None,
+            )
+        )
+    return rows
+
+
+def _fmt(value: float | None, std: float | None = None, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    text = f"{value:.{digits}f}"
+    return text if std is None else f"{text} ± {std:.{digits}f}"
+
+
+def markdown_table(rows: Sequence[RigidityRow]) -> str:
+    """The rigidity table in Markdown: the paper's grouping beside what was measured."""
+    alphas = rows[0].alphas if rows else RIGIDITY_ALPHAS
+    header = [
+        "variant",
+        "paper's backbone",
+        "Table D.1 group",
+        "paper's best α",
+        "conflict ratio (linear)",
+        "collapse ratio (linear)",
+        "cosine (linear)",
+        "CE F1 linear",
+        *(f"CE F1 α={a:g}" for a in alphas),
+        "best α here",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [
+            f"`{row.variant.name}`",
+            row.variant.paper_backbones,
+            row.variant.paper_family,
+            row.variant.paper_alpha,
+            _fmt(row.conflict, row.conflict_std, 2),
+            _fmt(row.collapse, row.collapse_std, 2),
+            _fmt(row.cosine),
+            _fmt(row.linear_f1),
+            *(_fmt(m, s) for m, s in zip(row.f1, row.f1_std, strict=True)),
+            "–" if row.best_alpha is None else f"{row.best_alpha:g}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_figure(rows: Sequence[RigidityRow], path: str | Path) -> str:
+    """Two panels: CE F1 against α per variant (linear dashed), and the best α against the
+    linear run's conflict ratio. Returns the path written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for row, color in zip(rows, colors, strict=False):
+        mean = np.array([np.nan if v is None else v for v in row.f1])
+        std = np.array([0.0 if v is None else v for v in row.f1_std])
+        left.errorbar(
+            row.alphas, mean, yerr=std, marker="o", capsize=3, color=color, label=row.variant.name
+        )
+        if row.linear_f1 is not None:
+            left.axhline(row.linear_f1, color=color, linestyle="--", linewidth=0.8)
+        if row.conflict is not None and row.best_alpha is not None:
+            right.scatter(row.conflict, row.best_alpha, color=color, s=60)
+            right.annotate(
+                row.variant.name,
+                (row.conflict, row.best_alpha),
+                fontsize=8,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
+    left.set_xlabel("CAME-Grad α")
+    left.set_ylabel("test CE F1 (example-based)")
+    left.set_title("CE F1 by α (dashed: linear scalarization)")
+    left.legend(fontsize=8)
+    right.set_xlabel("conflict ratio under linear scalarization")
+    right.set_ylabel("best α (highest mean CE F1)")
+    right.set_ylim(0.0, 1.0)
+    right.set_title("Does the best α fall as conflict rises?")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+def write_rigidity(
+    rows: Sequence[RigidityRow], markdown_path: str | Path, figure_path: str | Path
+) -> None:
+    """Write the table (with a short preamble) to ``markdown_path`` and the figure."""
+    figure = write_figure(rows, figure_path)
+    text = [
+        "# Rigidity of the auxiliary task and CAME-Grad's best α",
+        "",
+        "Measured by `python -m camegrad_jax.rrg.rigidity` on the reduced configuration "
+        "(`camegrad_jax.rrg.rigidity.REDUCED_FIELDS`), synthetic v2 data, "
+        f"{rows[0].seeds if rows else 0} seeds; means ± std over seeds. Conflict ratio: share "
+        "of steps whose two task gradients on the shared encoder have a negative cosine; "
+        "collapse ratio: the magnitude-collapse ratio of the two gradients (both from the linear "
+        "scalarization runs). CE F1: test, example-based, best checkpoint by val CE F1.",
+        "",
+        markdown_table(rows),
+        "",
+        f"![CE F1 by α, and best α against conflict]({Path(figure).name})",
+        "",
+    ]
+    Path(markdown_path).write_text("\n".join(text), encoding="utf-8")
+
+
+def _load_summaries(out_dir: Path, part: str) -> dict[str, dict[str, Any]]:
+    summaries = {}
+    for variant in VARIANTS:
+        path = out_dir / variant.name / part / SUMMARY_FILE
+        if path.is_file():
+            summaries[variant.name] = json.loads(path.read_text(encoding="utf-8"))
+    return summaries
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the comparisons of the chosen variants (finished runs are reused), then write the
+    table and figure of every variant measured so far."""
+    parser = argparse.ArgumentParser(prog="python -m camegrad_jax.rrg.rigidity")
+    parser.add_argument("--out", default="runs/rigidity", help="output folder (%(default)s)")
+    parser.add_argument(
+        "--variants",
+        default=",".join(v.name for v in VARIANTS),
+        help="comma-separated variants to run (default: all); 'none' only writes the table",
+    )
+    parser.add_argument("--seeds", default="0,1,2", help="training seeds (%(default)s)")
+    parser.add_argument("--doc", default=None, help="Markdown file for the table (default OUT)")
+    args = parser.parse_args(argv)
+    from camegrad_jax.rrg.compare import run_comparison
+
+    out = Path(args.out)
+    by_name = {v.name: v for v in VARIANTS}
+    chosen = [] if args.variants == "none" else args.variants.split(",")
+    unknown = [name for name in chosen if name not in by_name]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose among {list(by_name)}")
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    for name in chosen:
+        for config in compare_configs(by_name[name], out, seeds=seeds):
+            run_comparison(config, progress=False)
+        print(f"{name}: done", flush=True)
+    markdown = Path(args.doc) if args.doc else out / "rigidity.md"
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    rows = rigidity_rows(_load_summaries(out, "linear"), _load_summaries(out, "alpha"))
+    write_rigidity(rows, markdown, markdown.with_suffix(".png"))
+    print(markdown_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
