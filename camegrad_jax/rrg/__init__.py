@@ -1,11 +1,20 @@
 """Reference multi-task setup: radiology report generation (RRG) in Flax.
 
 A shared image encoder feeds a report decoder (task 1: report generation) and a 14-label
-clinical classification head (task 2), on a deterministic synthetic chest-radiograph data set by
+clinical classification head (task 2; or another auxiliary task, see
+:mod:`camegrad_jax.rrg.aux_tasks`), on a deterministic synthetic chest-radiograph data set by
 default, or on IU X-Ray / MIMIC-CXR in the R2Gen ``annotation.json`` layout. The core library
 (``camegrad_jax``) never imports this sub-package.
 """
 
+from camegrad_jax.rrg.aux_tasks import (
+    AUX_TASKS,
+    AlignedRRGModel,
+    PromptedRRGModel,
+    build_model,
+    contrastive_alignment_loss,
+    retrieval_metrics,
+)
 from camegrad_jax.rrg.checkpoint import restore_checkpoint, save_checkpoint
 from camegrad_jax.rrg.config import TASK_NAMES, TrainConfig
 from camegrad_jax.rrg.data import (
@@ -84,6 +93,12 @@ from camegrad_jax.rrg.tokenizer import (
 from camegrad_jax.rrg.train import RESULTS_FILE, STEP_LOG_FILE, evaluate_run, restore_run, train
 
 __all__ = [
+    "AUX_TASKS",
+    "AlignedRRGModel",
+    "PromptedRRGModel",
+    "build_model",
+    "contrastive_alignment_loss",
+    "retrieval_metrics",
     "BLANK",
     "BOS_ID",
     "DATASET_VIEWS",

@@ -7,7 +7,8 @@ and clinical efficacy under both protocols, both sides labelled by the rule-base
 auxiliary head is scored from :func:`classification_probs` against the gold labels
 (``aux_*``); a model whose auxiliary task is alignment (no label head, see
 :mod:`camegrad_jax.rrg.aux_tasks`) is scored by image→report retrieval instead
-(``aux_retrieval_r1``, ``aux_retrieval_r5``). Model selection uses ``ce_example_f1`` (example-based CE F1, the paper's protocol).
+(``aux_retrieval_r1``, ``aux_retrieval_r5``). Model selection uses ``ce_example_f1``
+(example-based CE F1, the paper's protocol).
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def evaluate_split(
 
     Returns:
       ``(metrics, generated)``: metrics as `evaluate_reports` names them, plus ``aux_*`` of
-      `auxiliary_head_metrics` (of `retrieval_metrics` for an alignment model), ``num_reports`` and ``mean_generated_words``.
+      `auxiliary_head_metrics` (of `retrieval_metrics` for an alignment model),
+      ``num_reports`` and ``mean_generated_words``.
     """
     generated, probs = generate_reports(
         model, dataset, split, beam_size=beam_size, max_len=max_len, batch_size=batch_size

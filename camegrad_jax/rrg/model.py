@@ -14,7 +14,8 @@ A small Flax NNX port of the R2Gen / PromptMRG model family, sized for a CPU:
 
 Only the visual encoder is shared by the two losses (see `shared_parameter_mask`). The losses
 stay separate, as the vector `[L_lm, L_cls]`, so a multi-task optimizer can take one gradient per
-task.
+task. Other auxiliary tasks (PromptMRG's prompts, image–report alignment) are subclasses that
+override `RRGModel.task_losses` or `RRGModel.teacher_forced`, in `camegrad_jax.rrg.aux_tasks`.
 
 The model holds no random state: dropout draws from a key passed to each call, and the losses
 are pure functions of `(params, batch, key)`. For per-task gradients under `jax.jit`::
