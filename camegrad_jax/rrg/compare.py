@@ -1123,6 +1123,9 @@ def write_figures(
                 ("aux_auc_macro", "aux AUC macro"),
             ):
                 mean = [row[metric]["mean"] for row in rows]
+                if all(m is None for m in mean):
+                    continue  # Not measured for this model (e.g. no label head: no aux AUC).
+                mean = [np.nan if m is None else m for m in mean]
                 std = [row[metric]["std"] or 0.0 for row in rows]
                 ax.errorbar(values, mean, yerr=std, marker="o", capsize=3, label=label)
                 if baseline is not None and baseline[metric]["mean"] is not None:

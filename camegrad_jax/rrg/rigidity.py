@@ -142,6 +142,13 @@ class RigidityRow:
     bleu4: tuple[float | None, ...]
     best_alpha: float | None
 
+    def f1_at(self, alpha: float) -> tuple[float | None, float | None]:
+        """Mean and std of the CE F1 at ``alpha`` (None, None where it was not run)."""
+        if alpha not in self.alphas:
+            return None, None
+        index = self.alphas.index(alpha)
+        return self.f1[index], self.f1_std[index]
+
 
 def compare_configs(
     variant: Variant,
@@ -232,7 +239,7 @@ def _fmt(value: float | None, std: float | None = None, digits: int = 3) -> str:
 
 def markdown_table(rows: Sequence[RigidityRow]) -> str:
     """The rigidity table in Markdown: the paper's grouping beside what was measured."""
-    alphas = rows[0].alphas if rows else RIGIDITY_ALPHAS
+    alphas = sorted({a for row in rows for a in row.alphas}) or list(RIGIDITY_ALPHAS)
     header = [
         "variant",
         "paper's backbone",
@@ -256,7 +263,7 @@ def markdown_table(rows: Sequence[RigidityRow]) -> str:
             _fmt(row.collapse, row.collapse_std, 2),
             _fmt(row.cosine),
             _fmt(row.linear_f1),
-            *(_fmt(m, s) for m, s in zip(row.f1, row.f1_std, strict=True)),
+            *(_fmt(*row.f1_at(a)) for a in alphas),
             "–" if row.best_alpha is None else f"{row.best_alpha:g}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -324,6 +331,14 @@ def write_rigidity(
         f"![CE F1 by α, and best α against conflict]({Path(figure).name})",
         "",
     ]
+    measured = {row.variant.name for row in rows}
+    missing = [v.name for v in VARIANTS if v.name not in measured]
+    if missing:
+        text += [
+            f"Not measured in this table: {', '.join(f'`{name}`' for name in missing)} "
+            f"(run `python -m camegrad_jax.rrg.rigidity --variants {','.join(missing)}`).",
+            "",
+        ]
     Path(markdown_path).write_text("\n".join(text), encoding="utf-8")
 
 

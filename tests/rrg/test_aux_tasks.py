@@ -252,7 +252,7 @@ def test_rigidity_rows_table_and_figure(tmp_path):
     linear = {"classification": _linear_summary(0.6), "alignment-weak": _linear_summary(0.2)}
     sweeps = {
         "classification": _sweep_summary({0.1: 0.30, 0.2: 0.25, 0.5: 0.2, 0.9: 0.1}),
-        "alignment-weak": _sweep_summary({0.1: 0.1, 0.2: 0.2, 0.5: 0.2, 0.9: 0.35}),
+        "alignment-weak": _sweep_summary({0.1: 0.1, 0.2: 0.2, 0.9: 0.35}),  # 0.5 not run.
         "alignment": _sweep_summary({0.1: 0.1}),  # No linear summary: left out.
     }
     rows = rigidity_rows(linear, sweeps)
@@ -261,6 +261,8 @@ def test_rigidity_rows_table_and_figure(tmp_path):
     assert rows[0].conflict == 0.6 and rows[0].seeds == 3
     table = markdown_table(rows)
     assert table.count("\n") == 1 + len(rows)
+    assert table.splitlines()[-1].count("| – |") == 1  # The α not run, in its own column.
+    assert rows[1].f1_at(0.5) == (None, None) and rows[1].f1_at(0.9) == (0.35, 0.01)
     assert "0.600 ± 0.010" not in table and "0.60 ± 0.01" in table
     write_rigidity(rows, tmp_path / "rigidity.md", tmp_path / "rigidity.png")
     assert (tmp_path / "rigidity.png").stat().st_size > 0
