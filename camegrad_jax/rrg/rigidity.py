@@ -11,8 +11,9 @@ For each variant of `camegrad_jax.rrg.aux_tasks` one comparison
 linear scalarization and CAME-Grad at α ∈ `RIGIDITY_ALPHAS` (γ, c at their defaults) for every
 seed. From linear scalarization's per-step log it takes the *conflict ratio* (share of steps
 whose task gradients on the shared encoder have a negative cosine) and the *collapse ratio*
-(the magnitude-collapse ratio of the two gradients); from the α sweep, the test CE F1 (example-
-based) and BLEU-4 per α. :func:`rigidity_rows` turns the comparisons' summaries into one
+(the magnitude-collapse ratio of the two gradients); from the α sweep, three test scores per α
+(`SCORE_FIELDS`): CE F1 (example-based), BLEU-4, and the auxiliary task's own score
+(`AUX_METRIC`), and for each the α that scores best. :func:`rigidity_rows` turns the comparisons' summaries into one
 :class:`RigidityRow` per variant, :func:`write_rigidity` writes the table and the figure.
 
 **The reduced configuration** (`REDUCED_FIELDS`). The default run takes minutes per seed; the
@@ -51,7 +52,10 @@ __all__ = [
     "REDUCED_FIELDS",
     "RIGIDITY_ALPHAS",
     "VARIANTS",
+    "AUX_METRIC",
+    "SCORE_FIELDS",
     "RigidityRow",
+    "Scores",
     "Variant",
     "compare_configs",
     "rigidity_rows",
@@ -111,6 +115,33 @@ VARIANTS: tuple[Variant, ...] = (
 )
 
 
+# The test metric that scores each variant's auxiliary task.
+AUX_METRIC: dict[str, str] = {
+    "classification": "aux_auc_macro",
+    "classification-prompt": "aux_auc_macro",
+    "alignment": "aux_retrieval_r5",
+}
+# (field of `Scores`, column label); a best α is found for each.
+SCORE_FIELDS: tuple[tuple[str, str], ...] = (("ce_f1", "CE F1"), ("bleu4", "B-4"), ("aux", "aux"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    """Test scores of one configuration, means over seeds (None where not measured).
+
+    Attributes:
+      ce_f1, ce_f1_std: CE F1 (example-based) and its std over seeds.
+      bleu4: BLEU-4.
+      aux: the auxiliary task's own score (`AUX_METRIC`: label-head macro AUC, or image→report
+        recall@5).
+    """
+
+    ce_f1: float | None
+    ce_f1_std: float | None
+    bleu4: float | None
+    aux: float | None
+
+
 @dataclasses.dataclass(frozen=True)
 class RigidityRow:
     """The measurement of one variant (means and stds over seeds; None where not measured).
@@ -121,11 +152,8 @@ class RigidityRow:
       conflict, conflict_std: linear scalarization's share of steps in conflict.
       cosine: linear scalarization's mean cosine of the two task gradients.
       collapse, collapse_std: linear scalarization's mean magnitude-collapse ratio.
-      linear_f1: linear scalarization's test CE F1 (example-based).
-      alphas: the α values of the sweep.
-      f1, f1_std: CAME-Grad's test CE F1 per α.
-      bleu4: CAME-Grad's test BLEU-4 per α.
-      best_alpha: the α of the highest mean CE F1.
+      linear: linear scalarization's scores.
+      alphas: the α values of the sweep; sweep: CAME-Grad's scores at each.
     """
 
     variant: Variant
@@ -135,19 +163,24 @@ class RigidityRow:
     cosine: float | None
     collapse: float | None
     collapse_std: float | None
-    linear_f1: float | None
+    linear: Scores
     alphas: tuple[float, ...]
-    f1: tuple[float | None, ...]
-    f1_std: tuple[float | None, ...]
-    bleu4: tuple[float | None, ...]
-    best_alpha: float | None
+    sweep: tuple[Scores, ...]
 
-    def f1_at(self, alpha: float) -> tuple[float | None, float | None]:
-        """Mean and std of the CE F1 at ``alpha`` (None, None where it was not run)."""
-        if alpha not in self.alphas:
-            return None, None
-        index = self.alphas.index(alpha)
-        return self.f1[index], self.f1_std[index]
+    def at(self, alpha: float) -> Scores | None:
+        """The scores at ``alpha`` (None where it was not run)."""
+        return self.sweep[self.alphas.index(alpha)] if alpha in self.alphas else None
+
+    def best_alpha(self, field: str) -> float | str | None:
+        """The α of the highest mean ``field`` (a name of `Scores`), ``"tie"`` when several
+        share it (to 1e-9), None when nothing was measured."""
+        scored = [(getattr(s, field), a) for s, a in zip(self.sweep, self.alphas, strict=True)]
+        scored = [(value, alpha) for value, alpha in scored if value is not None]
+        if not scored:
+            return None
+        top = max(value for value, _ in scored)
+        best = [alpha for value, alpha in scored if value >= top - 1e-9]
+        return best[0] if len(best) == 1 else "tie"
 
 
 def compare_configs(
@@ -193,6 +226,15 @@ def _stat(entry: Mapping[str, Any] | None, key: str = "mean") -> float | None:
     return None if entry is None else entry.get(key)
 
 
+def _scores(entry: Mapping[str, Any], aux_metric: str) -> Scores:
+    return Scores(
+        ce_f1=_stat(entry.get("ce_example_f1")),
+        ce_f1_std=_stat(entry.get("ce_example_f1"), "std"),
+        bleu4=_stat(entry.get("BLEU_4")),
+        aux=_stat(entry.get(aux_metric)),
+    )
+
+
 def rigidity_rows(
     linear: Mapping[str, Mapping[str, Any]], sweeps: Mapping[str, Mapping[str, Any]]
 ) -> list[RigidityRow]:
@@ -206,10 +248,7 @@ def rigidity_rows(
         dynamics = linear[variant.name]["dynamics"].get(BASELINE, {})
         table = linear[variant.name]["table"].get(BASELINE, {})
         sweep = sweeps[variant.name]["sweep"]["alpha"]
-        f1 = tuple(_stat(row["ce_example_f1"]) for row in sweep)
-        scored = [
-            (value, row["value"]) for value, row in zip(f1, sweep, strict=True) if value is not None
-        ]
+        aux_metric = AUX_METRIC[variant.aux]
         rows.append(
             RigidityRow(
                 variant=variant,
@@ -219,12 +258,9 @@ def rigidity_rows(
                 cosine=_stat(dynamics.get("cosine_mean")),
                 collapse=_stat(dynamics.get("collapse_ratio_mean")),
                 collapse_std=_stat(dynamics.get("collapse_ratio_mean"), "std"),
-                linear_f1=_stat(table.get("ce_example_f1")),
+                linear=_scores(table, aux_metric),
                 alphas=tuple(row["value"] for row in sweep),
-                f1=f1,
-                f1_std=tuple(_stat(row["ce_example_f1"], "std") for row in sweep),
-                bleu4=tuple(_stat(row["BLEU_4"]) for row in sweep),
-                best_alpha=max(scored)[1] if scored else None,
+                sweep=tuple(_scores(row, aux_metric) for row in sweep),
             )
         )
     return rows
@@ -237,8 +273,15 @@ def _fmt(value: float | None, std: float | None = None, digits: int = 3) -> str:
     return text if std is None else f"{text} ± {std:.{digits}f}"
 
 
+def _cell(scores: Scores | None) -> str:
+    if scores is None:
+        return "–"
+    return " / ".join(_fmt(getattr(scores, field)) for field, _ in SCORE_FIELDS)
+
+
 def markdown_table(rows: Sequence[RigidityRow]) -> str:
-    """The rigidity table in Markdown: the paper's grouping beside what was measured."""
+    """The rigidity table in Markdown: the paper's grouping beside what was measured. Score
+    cells read "CE F1 / B-4 / aux"."""
     alphas = sorted({a for row in rows for a in row.alphas}) or list(RIGIDITY_ALPHAS)
     header = [
         "variant",
@@ -248,12 +291,13 @@ def markdown_table(rows: Sequence[RigidityRow]) -> str:
         "conflict ratio (linear)",
         "collapse ratio (linear)",
         "cosine (linear)",
-        "CE F1 linear",
-        *(f"CE F1 α={a:g}" for a in alphas),
-        "best α here",
+        "linear",
+        *(f"α={a:g}" for a in alphas),
+        *(f"best α by {label}" for _, label in SCORE_FIELDS),
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
+        best = [row.best_alpha(field) for field, _ in SCORE_FIELDS]
         cells = [
             f"`{row.variant.name}`",
             row.variant.paper_backbones,
@@ -262,49 +306,36 @@ def markdown_table(rows: Sequence[RigidityRow]) -> str:
             _fmt(row.conflict, row.conflict_std, 2),
             _fmt(row.collapse, row.collapse_std, 2),
             _fmt(row.cosine),
-            _fmt(row.linear_f1),
-            *(_fmt(*row.f1_at(a)) for a in alphas),
-            "–" if row.best_alpha is None else f"{row.best_alpha:g}",
+            _cell(row.linear),
+            *(_cell(row.at(a)) for a in alphas),
+            *("–" if b is None else b if isinstance(b, str) else f"{b:g}" for b in best),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def write_figure(rows: Sequence[RigidityRow], path: str | Path) -> str:
-    """Two panels: CE F1 against α per variant (linear dashed), and the best α against the
-    linear run's conflict ratio. Returns the path written."""
+    """One panel per score (`SCORE_FIELDS`) against α, a line per variant (dashed: its linear
+    scalarization). Returns the path written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, len(SCORE_FIELDS), figsize=(4.2 * len(SCORE_FIELDS), 3.8))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for row, color in zip(rows, colors, strict=False):
-        mean = np.array([np.nan if v is None else v for v in row.f1])
-        std = np.array([0.0 if v is None else v for v in row.f1_std])
-        left.errorbar(
-            row.alphas, mean, yerr=std, marker="o", capsize=3, color=color, label=row.variant.name
-        )
-        if row.linear_f1 is not None:
-            left.axhline(row.linear_f1, color=color, linestyle="--", linewidth=0.8)
-        if row.conflict is not None and row.best_alpha is not None:
-            right.scatter(row.conflict, row.best_alpha, color=color, s=60)
-            right.annotate(
-                row.variant.name,
-                (row.conflict, row.best_alpha),
-                fontsize=8,
-                xytext=(4, 4),
-                textcoords="offset points",
-            )
-    left.set_xlabel("CAME-Grad α")
-    left.set_ylabel("test CE F1 (example-based)")
-    left.set_title("CE F1 by α (dashed: linear scalarization)")
-    left.legend(fontsize=8)
-    right.set_xlabel("conflict ratio under linear scalarization")
-    right.set_ylabel("best α (highest mean CE F1)")
-    right.set_ylim(0.0, 1.0)
-    right.set_title("Does the best α fall as conflict rises?")
+    for ax, (field, label) in zip(axes, SCORE_FIELDS, strict=True):
+        for row, color in zip(rows, colors, strict=False):
+            mean = [getattr(s, field) for s in row.sweep]
+            mean = np.array([np.nan if v is None else v for v in mean], dtype=np.float64)
+            ax.plot(row.alphas, mean, marker="o", color=color, label=row.variant.name)
+            baseline = getattr(row.linear, field)
+            if baseline is not None:
+                ax.axhline(baseline, color=color, linestyle="--", linewidth=0.8)
+        ax.set_xlabel("CAME-Grad α")
+        ax.set_title(label if field != "aux" else "aux (AUC macro / retrieval R@5)", fontsize=10)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Test scores by α, mean over seeds (dashed: linear scalarization)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -324,11 +355,13 @@ def write_rigidity(
         f"{rows[0].seeds if rows else 0} seeds; means ± std over seeds. Conflict ratio: share "
         "of steps whose two task gradients on the shared encoder have a negative cosine; "
         "collapse ratio: the magnitude-collapse ratio of the two gradients (both from the linear "
-        "scalarization runs). CE F1: test, example-based, best checkpoint by val CE F1.",
+        "scalarization runs). Score cells: test CE F1 (example-based) / BLEU-4 / the auxiliary "
+        "task's own score (label-head macro AUC; image→report recall@5 for alignment), "
+        "best checkpoint by val CE F1.",
         "",
         markdown_table(rows),
         "",
-        f"![CE F1 by α, and best α against conflict]({Path(figure).name})",
+        f"![Test scores by α]({Path(figure).name})",
         "",
     ]
     measured = {row.variant.name for row in rows}

@@ -218,34 +218,37 @@ def _stat(mean):
 
 
 def _linear_summary(conflict: float) -> dict:
-    stat = _stat
     return {
         "dynamics": {
             "linear": {
-                "conflict_share": stat(conflict),
-                "collapse_ratio_mean": stat(0.5),
-                "cosine_mean": stat(0.1),
+                "conflict_share": _stat(conflict),
+                "collapse_ratio_mean": _stat(0.5),
+                "cosine_mean": _stat(0.1),
             }
         },
-        "table": {"linear": {"ce_example_f1": stat(0.2), "seeds": [0, 1, 2]}},
+        "table": {
+            "linear": {
+                "ce_example_f1": _stat(0.2),
+                "BLEU_4": _stat(0.05),
+                "aux_auc_macro": _stat(0.6),
+                "seeds": [0, 1, 2],
+            }
+        },
     }
 
 
 def _sweep_summary(f1_by_alpha: dict[float, float]) -> dict:
-    stat = _stat
-    return {
-        "sweep": {
-            "alpha": [
-                {
-                    "value": a,
-                    "name": f"camegrad_alpha{a:g}",
-                    "ce_example_f1": stat(f),
-                    "BLEU_4": stat(0.05),
-                }
-                for a, f in f1_by_alpha.items()
-            ]
-        },
-    }
+    rows = [
+        {
+            "value": alpha,
+            "name": f"camegrad_alpha{alpha:g}",
+            "ce_example_f1": _stat(f1),
+            "BLEU_4": _stat(0.05),  # The same at every α: a tie.
+            "aux_retrieval_r5": _stat(alpha),
+        }
+        for alpha, f1 in f1_by_alpha.items()
+    ]
+    return {"sweep": {"alpha": rows}}
 
 
 def test_rigidity_rows_table_and_figure(tmp_path):
@@ -257,14 +260,19 @@ def test_rigidity_rows_table_and_figure(tmp_path):
     }
     rows = rigidity_rows(linear, sweeps)
     assert [row.variant.name for row in rows] == ["classification", "alignment-weak"]
-    assert [row.best_alpha for row in rows] == [0.1, 0.9]
+    assert [row.best_alpha("ce_f1") for row in rows] == [0.1, 0.9]
+    assert [row.best_alpha("bleu4") for row in rows] == ["tie", "tie"]
+    # The classification variants are scored by AUC, which this sweep summary lacks.
+    assert rows[0].best_alpha("aux") is None and rows[1].best_alpha("aux") == 0.9
     assert rows[0].conflict == 0.6 and rows[0].seeds == 3
+    assert rows[0].linear.aux == 0.6 and rows[1].linear.aux is None
+    assert rows[1].at(0.5) is None and rows[1].at(0.9).ce_f1 == 0.35
     table = markdown_table(rows)
     assert table.count("\n") == 1 + len(rows)
-    assert table.splitlines()[-1].count("| – |") == 1  # The α not run, in its own column.
-    assert rows[1].f1_at(0.5) == (None, None) and rows[1].f1_at(0.9) == (0.35, 0.01)
-    assert "0.600 ± 0.010" not in table and "0.60 ± 0.01" in table
+    assert "0.60 ± 0.01" in table
+    assert "| – |" in table.splitlines()[-1]  # The α not run, in its own column.
     write_rigidity(rows, tmp_path / "rigidity.md", tmp_path / "rigidity.png")
     assert (tmp_path / "rigidity.png").stat().st_size > 0
-    assert "rigidity.png" in (tmp_path / "rigidity.md").read_text()
+    text = (tmp_path / "rigidity.md").read_text()
+    assert "rigidity.png" in text and "Not measured in this table" in text
     assert {v.name for v in VARIANTS} >= set(sweeps)
