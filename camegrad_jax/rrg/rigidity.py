@@ -13,11 +13,12 @@ seed. From linear scalarization's per-step log it takes the *conflict ratio* (sh
 whose task gradients on the shared encoder have a negative cosine) and the *collapse ratio*
 (the magnitude-collapse ratio of the two gradients); from the α sweep, three test scores per α
 (`SCORE_FIELDS`): CE F1 (example-based), BLEU-4, and the auxiliary task's own score
-(`AUX_METRIC`), and for each the α that scores best. :func:`rigidity_rows` turns the comparisons' summaries into one
-:class:`RigidityRow` per variant, :func:`write_rigidity` writes the table and the figure.
+(`AUX_METRIC`), and for each the α that scores best. :func:`rigidity_rows` turns the
+comparisons' summaries into one :class:`RigidityRow` per variant, :func:`write_rigidity`
+writes the table and the figure.
 
 **The reduced configuration** (`REDUCED_FIELDS`). The default run takes minutes per seed; the
-whole measurement (four variants × five configurations × three seeds = 60 runs) must fit in
+whole measurement (four variants × five configurations × three seeds = 60 runs) was to fit in
 about 40 minutes on two shared CPU cores. So it trains a smaller model on smaller synthetic v2
 data: 32 × 32 images, three conv blocks (16, 32, 32), a 32-wide transformer with one layer each
 way, reports cut at 40 tokens, 256 training studies for 5 epochs of 16 steps, validated once at
