@@ -227,12 +227,23 @@ def _stat(entry: Mapping[str, Any] | None, key: str = "mean") -> float | None:
     return None if entry is None else entry.get(key)
 
 
-def _scores(entry: Mapping[str, Any], aux_metric: str) -> Scores:
+def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    kept = [float(v) for v in values if v is not None and np.isfinite(v)]
+    if not kept:
+        return None, None
+    return float(np.mean(kept)), float(np.std(kept, ddof=1)) if len(kept) > 1 else None
+
+
+def _scores(summary: Mapping[str, Any], name: str, aux_metric: str) -> Scores:
+    """Scores of the runs called ``name`` in a comparison's summary, from their test metrics
+    (the summary's own tables leave out the retrieval scores)."""
+    tests = [run["test"] for run in summary["runs"] if run["name"] == name]
+    ce_f1, ce_f1_std = _mean_std([test.get("ce_example_f1") for test in tests])
     return Scores(
-        ce_f1=_stat(entry.get("ce_example_f1")),
-        ce_f1_std=_stat(entry.get("ce_example_f1"), "std"),
-        bleu4=_stat(entry.get("BLEU_4")),
-        aux=_stat(entry.get(aux_metric)),
+        ce_f1=ce_f1,
+        ce_f1_std=ce_f1_std,
+        bleu4=_mean_std([test.get("BLEU_4") for test in tests])[0],
+        aux=_mean_std([test.get(aux_metric) for test in tests])[0],
     )
 
 
@@ -259,9 +270,11 @@ def rigidity_rows(
                 cosine=_stat(dynamics.get("cosine_mean")),
                 collapse=_stat(dynamics.get("collapse_ratio_mean")),
                 collapse_std=_stat(dynamics.get("collapse_ratio_mean"), "std"),
-                linear=_scores(table, aux_metric),
+                linear=_scores(linear[variant.name], BASELINE, aux_metric),
                 alphas=tuple(row["value"] for row in sweep),
-                sweep=tuple(_scores(row, aux_metric) for row in sweep),
+                sweep=tuple(
+                    _scores(sweeps[variant.name], row["name"], aux_metric) for row in sweep
+                ),
             )
         )
     return rows
