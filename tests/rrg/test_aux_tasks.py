@@ -201,6 +201,7 @@ def _cli_train_and_resume(tmp_path: Path, flags: list[str]) -> dict:
         ["--aux", "alignment"],
         ["--aux", "alignment", "--alignment-weak"],
     ],
+    ids=["classification-prompt", "alignment", "alignment-weak"],
 )
 def test_variant_trains_and_resumes_exactly_through_the_cli(tmp_path, flags):
     results = _cli_train_and_resume(tmp_path, flags)
