@@ -410,6 +410,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--seeds", default="0,1,2", help="training seeds (%(default)s)")
     parser.add_argument("--doc", default=None, help="Markdown file for the table (default OUT)")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="train the default configuration instead of the reduced one (hours on a CPU)",
+    )
     args = parser.parse_args(argv)
     import jax
 
@@ -425,7 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown variants {unknown}; choose among {list(by_name)}")
     seeds = tuple(int(s) for s in args.seeds.split(","))
     for name in chosen:
-        for config in compare_configs(by_name[name], out, seeds=seeds):
+        fields = {} if args.full else REDUCED_FIELDS
+        for config in compare_configs(by_name[name], out, seeds=seeds, fields=fields):
             run_comparison(config, progress=False)
         print(f"{name}: done", flush=True)
     markdown = Path(args.doc) if args.doc else out / "rigidity.md"
