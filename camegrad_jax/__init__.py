@@ -20,6 +20,7 @@ from camegrad_jax._camegrad import CameGradState, CameGradWeights, camegrad, cam
 from camegrad_jax._diagnostics import GradientStats, gradient_stats
 from camegrad_jax._dual import DualSolution, dual_objective, solve_dual
 from camegrad_jax._dwa import DWAState, dwa
+from camegrad_jax._fairgrad import FairGradState, fairgrad, solve_fairgrad
 from camegrad_jax._famo import FamoState, famo
 from camegrad_jax._gradnorm import GradNormState, gradnorm
 from camegrad_jax._gram_only import gram_only_gradients
@@ -44,6 +45,7 @@ __all__ = [
     "CameGradWeights",
     "DualSolution",
     "DWAState",
+    "FairGradState",
     "FamoState",
     "GradientStats",
     "GradNormState",
@@ -64,6 +66,7 @@ __all__ = [
     "camegrad_weights",
     "dual_objective",
     "dwa",
+    "fairgrad",
     "famo",
     "gradient_stats",
     "gradnorm",
@@ -80,6 +83,7 @@ __all__ = [
     "rlw",
     "rotograd_scaling",
     "solve_dual",
+    "solve_fairgrad",
     "solve_nash",
     "stacked_gradient_transformation",
     "task_gradients",

@@ -12,6 +12,7 @@ from method_registry import Method
 
 from camegrad_jax._aligned_mtl import aligned_mtl
 from camegrad_jax._cagrad import cagrad
+from camegrad_jax._fairgrad import fairgrad
 from camegrad_jax._imtl_g import imtl_g
 from camegrad_jax._mgda import mgda
 from camegrad_jax._nash_mtl import nash_mtl
@@ -27,4 +28,5 @@ GRADIENT_METHODS: list[Method] = [
     Method("nash_mtl", nash_mtl, injectable=("max_norm", 1.0)),
     Method("aligned_mtl", aligned_mtl),
     Method("upgrad", upgrad),
+    Method("fairgrad", fairgrad, injectable=("alpha", 2.0)),
 ]
