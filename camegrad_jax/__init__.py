@@ -20,6 +20,7 @@ from camegrad_jax._camegrad import CameGradState, CameGradWeights, camegrad, cam
 from camegrad_jax._diagnostics import GradientStats, gradient_stats
 from camegrad_jax._dual import DualSolution, dual_objective, solve_dual
 from camegrad_jax._dwa import DWAState, dwa
+from camegrad_jax._excess_mtl import ExcessMTLState, ExcessMTLWeights, excess_mtl
 from camegrad_jax._fairgrad import FairGradState, fairgrad, solve_fairgrad
 from camegrad_jax._famo import FamoState, famo
 from camegrad_jax._gradnorm import GradNormState, gradnorm
@@ -45,6 +46,8 @@ __all__ = [
     "CameGradWeights",
     "DualSolution",
     "DWAState",
+    "ExcessMTLState",
+    "ExcessMTLWeights",
     "FairGradState",
     "FamoState",
     "GradientStats",
@@ -66,6 +69,7 @@ __all__ = [
     "camegrad_weights",
     "dual_objective",
     "dwa",
+    "excess_mtl",
     "fairgrad",
     "famo",
     "gradient_stats",

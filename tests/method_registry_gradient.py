@@ -12,6 +12,7 @@ from method_registry import Method
 
 from camegrad_jax._aligned_mtl import aligned_mtl
 from camegrad_jax._cagrad import cagrad
+from camegrad_jax._excess_mtl import excess_mtl
 from camegrad_jax._fairgrad import fairgrad
 from camegrad_jax._imtl_g import imtl_g
 from camegrad_jax._mgda import mgda
@@ -29,4 +30,5 @@ GRADIENT_METHODS: list[Method] = [
     Method("aligned_mtl", aligned_mtl),
     Method("upgrad", upgrad),
     Method("fairgrad", fairgrad, injectable=("alpha", 2.0)),
+    Method("excess_mtl", excess_mtl, injectable=("robust_step_size", 0.5)),
 ]
