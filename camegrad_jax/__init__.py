@@ -33,6 +33,7 @@ from camegrad_jax._nash_mtl import NashMTLState, nash_mtl, solve_nash
 from camegrad_jax._pcgrad import PCGradState, pcgrad, pcgrad_coefficients
 from camegrad_jax._rlw import RLWState, rlw
 from camegrad_jax._rotograd import Rotation, RotoGrad, RotoGradScalingState, rotograd_scaling
+from camegrad_jax._sdmgrad import SDMGradState, sdmgrad, sdmgrad_weights
 from camegrad_jax._task_gradients import task_gradients
 from camegrad_jax._task_gram import task_gram
 from camegrad_jax._uncertainty_weighting import UncertaintyWeightingState, uncertainty_weighting
@@ -60,6 +61,7 @@ __all__ = [
     "Rotation",
     "RotoGrad",
     "RotoGradScalingState",
+    "SDMGradState",
     "UncertaintyWeightingState",
     "WeightingResult",
     "aligned_mtl",
@@ -86,6 +88,8 @@ __all__ = [
     "pcgrad_coefficients",
     "rlw",
     "rotograd_scaling",
+    "sdmgrad",
+    "sdmgrad_weights",
     "solve_dual",
     "solve_fairgrad",
     "solve_nash",

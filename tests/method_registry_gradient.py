@@ -18,6 +18,7 @@ from camegrad_jax._imtl_g import imtl_g
 from camegrad_jax._mgda import mgda
 from camegrad_jax._nash_mtl import nash_mtl
 from camegrad_jax._pcgrad import pcgrad
+from camegrad_jax._sdmgrad import sdmgrad
 from camegrad_jax._upgrad import upgrad
 
 GRADIENT_METHODS: list[Method] = [
@@ -31,4 +32,5 @@ GRADIENT_METHODS: list[Method] = [
     Method("upgrad", upgrad),
     Method("fairgrad", fairgrad, injectable=("alpha", 2.0)),
     Method("excess_mtl", excess_mtl, injectable=("robust_step_size", 0.5)),
+    Method("sdmgrad", sdmgrad, injectable=("lamda", 0.3)),
 ]

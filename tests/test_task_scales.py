@@ -32,6 +32,7 @@ GRAM_METHODS = {
     "imtl_g": (lambda: cg.imtl_g(), 1),
     "nash_mtl": (lambda: cg.nash_mtl(max_norm=0.0), 0),
     "fairgrad": (lambda: cg.fairgrad(0.5), 1 / 3),  # s^((1 − α)/(1 + α))
+    "sdmgrad": (lambda: cg.sdmgrad(), 1),
     "aligned_mtl": (lambda: cg.aligned_mtl(), 1),
     "upgrad": (lambda: cg.upgrad(), 1),
     "mmpareto": (lambda: cg.mmpareto(), 1),
