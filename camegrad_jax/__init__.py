@@ -29,6 +29,7 @@ from camegrad_jax._imtl_g import imtl_g, imtl_g_coefficients
 from camegrad_jax._linear import linear_scalarization
 from camegrad_jax._mgda import MGDAState, mgda
 from camegrad_jax._mmpareto import mmpareto, mmpareto_coefficients
+from camegrad_jax._modo import MoDoState, modo
 from camegrad_jax._nash_mtl import NashMTLState, nash_mtl, solve_nash
 from camegrad_jax._pcgrad import PCGradState, pcgrad, pcgrad_coefficients
 from camegrad_jax._registry import METHODS, MethodInfo, method_info, registered_methods
@@ -57,6 +58,7 @@ __all__ = [
     "MethodInfo",
     "GradNormState",
     "MGDAState",
+    "MoDoState",
     "MultiTaskState",
     "NashMTLState",
     "PCGradState",
@@ -87,6 +89,7 @@ __all__ = [
     "mgda",
     "mmpareto",
     "mmpareto_coefficients",
+    "modo",
     "nash_mtl",
     "pcgrad",
     "pcgrad_coefficients",

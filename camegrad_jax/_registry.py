@@ -54,6 +54,7 @@ from camegrad_jax._imtl_g import imtl_g
 from camegrad_jax._linear import linear_scalarization
 from camegrad_jax._mgda import mgda
 from camegrad_jax._mmpareto import mmpareto
+from camegrad_jax._modo import modo
 from camegrad_jax._nash_mtl import nash_mtl
 from camegrad_jax._pcgrad import pcgrad
 from camegrad_jax._rlw import rlw
@@ -269,6 +270,16 @@ METHODS: tuple[MethodInfo, ...] = (
         schedulable=("lamda", 0.3),
         libmtl="SDMGrad",
         tested_against="the official projected heavy-ball steps in NumPy, SLSQP at convergence",
+    ),
+    MethodInfo(
+        "modo",
+        modo,
+        "gram",
+        title="MoDo (NeurIPS 2023)",
+        reference="https://arxiv.org/abs/2305.20057",
+        schedulable=("gamma", 0.1),
+        libmtl="MoDo",
+        tested_against="the official λ step in NumPy, with one sample and with two",
     ),
     MethodInfo(
         "excess_mtl",
