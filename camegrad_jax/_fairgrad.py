@@ -77,10 +77,12 @@ def solve_fairgrad(
     Each Newton step on f (see the module docstring) is shortened so that no weight falls below
     half its value, then halved until f decreases by the Armijo fraction of the predicted
     decrease (or, at round-off where f no longer resolves the decrease, until the residual
-    does). It stops when the Newton decrement falls below √ε, when no step helps, or after
-    ``maxiter`` steps. Tasks with a zero gradient (no solution: :math:`(Gw)_i = 0`) are left out
-    and get w_i = 0. Where 0 lies in the convex hull of the gradients there is no solution
-    either; w then grows and stays capped at 1/ε, so that everything remains finite.
+    does). It stops when both the Newton decrement and the relative residual fall below √ε,
+    when no step helps, or after ``maxiter`` steps. Tasks with a zero gradient (no solution:
+    :math:`(Gw)_i = 0`) are left out and get w_i = 0. Where 0 lies in the convex hull of the
+    gradients there is no solution either; w then grows and stays capped at 1/ε, so that
+    everything remains finite. Weights are kept above ε^α (and above the square root of the
+    smallest normal number), where w^(−1/α) and the Hessian stay in range.
 
     Args:
       gram: (K, K) Gram matrix divided by its trace.
@@ -108,8 +110,9 @@ def solve_fairgrad(
     both = active[:, None] & active[None, :]
     # Inactive tasks get the decoupled equation w_i = w_i^(−1/α) (w_i = 1), zeroed at the end.
     system = jnp.where(both, gram, jnp.eye(num_tasks, dtype=dtype))
-    # w^(−1/α) and its derivative stay within float range: w^(−1/α) ≤ 1/ε.
-    lower, upper = eps ** jnp.minimum(alpha, 1.0), 1.0 / eps
+    # w^(−1/α) stays below 1/ε, and the Hessian's w^(−1/α) / (α w) within float range.
+    lower = jnp.maximum(eps**alpha, jnp.sqrt(jnp.finfo(dtype).tiny))
+    upper = 1.0 / eps
     # Orthogonal gradients give w_i = G_ii^(−α/(α+1)) exactly.
     exponent = -alpha / (alpha + 1.0)
     guess = jnp.where(active, jnp.where(active, norms, 1.0) ** (2.0 * exponent), 1.0)
@@ -121,9 +124,15 @@ def solve_fairgrad(
     tol = jnp.sqrt(eps)
     halvings = 0.5 ** jnp.arange(_LINE_SEARCH_STEPS, dtype=dtype)
 
+    def relative_residual(w):
+        return _residual(w, system, alpha) / jnp.linalg.norm(jnp.exp(-jnp.log(w) / alpha))
+
     def keep_going(carry):
-        _, iteration, decrement, moved = carry
-        return (iteration < maxiter) & (decrement > tol) & moved
+        # A small decrement alone can hide a poorly met equation of a task whose weight is tiny
+        # (its Hessian entry w^(−1/α) / (α w) is huge): the residual must be small too.
+        w, iteration, decrement, moved = carry
+        unresolved = (decrement > tol) | (relative_residual(w) > tol)
+        return (iteration < maxiter) & unresolved & moved
 
     def newton_step(carry):
         w, iteration, _, _ = carry
@@ -157,8 +166,7 @@ def solve_fairgrad(
             jnp.asarray(True),
         ),
     )
-    target = jnp.exp(-jnp.log(weights) / alpha)
-    residual = _residual(weights, system, alpha) / jnp.linalg.norm(target)
+    residual = relative_residual(weights)
     return FairGradSolution(jnp.where(active, weights, 0.0), iterations, residual)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from gradient_method_checks import (
@@ -16,7 +18,7 @@ from gradient_method_checks import (
     run,
 )
 
-from camegrad_jax._fairgrad import fairgrad
+from camegrad_jax._fairgrad import fairgrad, solve_fairgrad
 
 DIM = 16
 EPS32 = float(np.finfo(np.float32).eps)
@@ -81,6 +83,23 @@ def test_weights_match_the_official_least_squares():
     residuals = np.asarray(state.method_state.residual)[2 * n :]
     assert np.all(residuals <= 1e-5)
     assert np.all(np.asarray(state.method_state.solver_iterations) <= 50)
+
+
+def test_solver_meets_every_equation_across_alpha():
+    # Ill-conditioned problems with α from 0.1 to 10, where some weights are ~1e-9 and SciPy's
+    # least squares itself stalls: every equation of Gw = w^(−1/α) holds, checked in float64.
+    rng = np.random.default_rng(1)
+    grams, alphas = [], np.exp(rng.uniform(np.log(0.1), np.log(10.0), 32))
+    for _ in range(32):
+        h = rng.normal(size=(4, 32)) + rng.uniform(-0.5, 1.5) * rng.normal(size=32)
+        h *= np.exp(rng.uniform(-2, 2, size=(4, 1)))
+        grams.append(h @ h.T / np.trace(h @ h.T))
+    solve = jax.jit(jax.vmap(solve_fairgrad, in_axes=(0, 0, 0, None)))
+    solution = solve(jnp.asarray(grams, jnp.float32), jnp.ones((32, 4)), alphas, 50)
+    for gram, alpha, w in zip(grams, alphas, np.asarray(solution.weights, np.float64), strict=True):
+        target = w ** (-1 / alpha)
+        assert np.linalg.norm(gram @ w - target) <= 1e-4 * np.linalg.norm(target), alpha
+    assert np.all(np.asarray(solution.residual) <= 1e-4)
 
 
 def test_orthogonal_gradients_closed_form():
