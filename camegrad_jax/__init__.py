@@ -31,6 +31,7 @@ from camegrad_jax._nash_mtl import NashMTLState, nash_mtl, solve_nash
 from camegrad_jax._pcgrad import PCGradState, pcgrad, pcgrad_coefficients
 from camegrad_jax._rlw import RLWState, rlw
 from camegrad_jax._rotograd import Rotation, RotoGrad, RotoGradScalingState, rotograd_scaling
+from camegrad_jax._stgu import STGU, STGUState, STGUStepInfo, stgu
 from camegrad_jax._task_gradients import task_gradients
 from camegrad_jax._task_gram import task_gram
 from camegrad_jax._uncertainty_weighting import UncertaintyWeightingState, uncertainty_weighting
@@ -55,6 +56,9 @@ __all__ = [
     "Rotation",
     "RotoGrad",
     "RotoGradScalingState",
+    "STGU",
+    "STGUState",
+    "STGUStepInfo",
     "UncertaintyWeightingState",
     "WeightingResult",
     "aligned_mtl",
@@ -78,6 +82,7 @@ __all__ = [
     "pcgrad",
     "pcgrad_coefficients",
     "rlw",
+    "stgu",
     "rotograd_scaling",
     "solve_dual",
     "solve_nash",
