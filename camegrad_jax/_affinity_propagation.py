@@ -60,8 +60,8 @@ def _messages(
         best = jnp.argmax(total, axis=1)
         first = total[rows, best]
         second = jnp.max(total.at[rows, best].set(-jnp.inf), axis=1)
-        new_r = (similarities - first[:, None]).at[rows, best].set(
-            similarities[rows, best] - second
+        new_r = (
+            (similarities - first[:, None]).at[rows, best].set(similarities[rows, best] - second)
         )
         responsibility = damping * responsibility + (1 - damping) * new_r
         positive = jnp.where(diagonal, responsibility, jnp.maximum(responsibility, 0))
