@@ -66,8 +66,8 @@ class STGU(NamedTuple):
 
 def _check_arguments(
     loss_fn, optimizer, affinity_decay, warmup_steps, preference, normalize_group_loss,
-    damping, convergence_iter, max_iter, seed, num_tasks,
-) -> None:  # fmt: skip
+    damping, convergence_iter, max_iter, seed, task_weights, num_tasks,
+) -> int | None:  # fmt: skip
     if not callable(loss_fn):
         raise TypeError(f"Parameter `loss_fn` should be callable. Found `loss_fn = {loss_fn!r}`.")
     if not all(callable(getattr(optimizer, name, None)) for name in ("init", "update")):
@@ -102,8 +102,8 @@ def _check_arguments(
     _validation.check_positive_int(convergence_iter, "convergence_iter")
     _validation.check_positive_int(max_iter, "max_iter")
     _loss_values.check_integer(seed, "seed")
-    if num_tasks is not None:
-        _validation.check_positive_int(num_tasks, "num_tasks")
+    _validation.check_task_weights(task_weights)
+    return _validation.resolve_num_tasks(num_tasks, task_weights)
 
 
 def update_affinity(
@@ -212,6 +212,7 @@ def stgu(
     convergence_iter: int = 50,
     max_iter: int = 200,
     seed: int = 0,
+    task_weights: Any = None,
     num_tasks: int | None = None,
 ) -> STGU:
     r"""Selective Task Group Updates: a training step that updates the parameters once per
@@ -224,7 +225,7 @@ def stgu(
     .. math::
 
       \theta^{(m)} = \theta^{(m-1)} + \mathrm{opt}\Big(\nabla_\theta \sum_{t \in G_{\pi_m}}
-      L_t(\theta^{(m-1)})\Big), \qquad \theta_{n+1} = \theta^{(M)},
+      \lambda_t L_t(\theta^{(m-1)})\Big), \qquad \theta_{n+1} = \theta^{(M)},
 
     (a lone group is updated twice), with the sum divided by :math:`|G|` when
     ``normalize_group_loss``. After the m-th forward pass (m ≥ 2), the rows of the tasks of
@@ -251,6 +252,8 @@ def stgu(
       normalize_group_loss: divide each group's loss by its size (official: ``group_norm``).
       damping, convergence_iter, max_iter: affinity propagation's (official: 0.5, 50, 200).
       seed: integer seed of the PRNG key of the group orders and the clustering's noise.
+      task_weights: static positive weights λ: a group's loss is :math:`\sum_{t \in G} λ_t L_t`
+        (official: ``loss_weights``); the affinity reads the unweighted losses.
       num_tasks: K, optional: the first step sizes the state otherwise (pass it to run the
         step under ``lax.scan``, whose carry may not change shape).
 
@@ -291,9 +294,9 @@ def stgu(
     for all parameters, where PyTorch's Adam starts a parameter's count at its first gradient
     (parameters the first group's loss does not reach start one step later there).
     """
-    _check_arguments(
+    num_tasks = _check_arguments(
         loss_fn, optimizer, affinity_decay, warmup_steps, preference, normalize_group_loss,
-        damping, convergence_iter, max_iter, seed, num_tasks,
+        damping, convergence_iter, max_iter, seed, task_weights, num_tasks,
     )  # fmt: skip
 
     def fresh_groups(k: int, opt_state: Any, count: Any, key: jax.Array) -> STGUState:
@@ -355,7 +358,8 @@ def stgu(
 
             def group_loss(p):
                 losses = loss_fn(p, *args, **kwargs)
-                total = jnp.sum(jnp.where(in_group, losses, 0))
+                weights = _validation.weights_vector(task_weights, k, losses.dtype)
+                total = jnp.sum(jnp.where(in_group, weights * losses, 0))
                 if normalize_group_loss:
                     total = total / jnp.sum(in_group).astype(total.dtype)
                 return total, losses

@@ -149,7 +149,7 @@ class NumpyAdam:
         return out
 
 
-def numpy_model(params, x, y, in_group=None, normalize=False):
+def numpy_model(params, x, y, in_group=None, normalize=False, weights=1.0):
     """Losses L_k = mean((tanh(x W) V_k - y_k)^2) and the gradient of Σ_{k ∈ group} L_k."""
     w, v = params
     hidden = np.tanh(x @ w)
@@ -157,7 +157,7 @@ def numpy_model(params, x, y, in_group=None, normalize=False):
     losses = np.mean(residual**2, axis=0)
     if in_group is None:
         return losses, None
-    weight = in_group / (in_group.sum() if normalize else 1.0)
+    weight = weights * in_group / (in_group.sum() if normalize else 1.0)
     d_pred = 2 * residual * weight[None, :] / x.shape[0]
     grad_v = hidden.T @ d_pred
     grad_w = x.T @ ((d_pred @ v.T) * (1 - hidden**2))
@@ -278,8 +278,9 @@ def test_affinity_groups_keep_groups_when_not_finite():
 def test_step_matches_official_training_loop(normalize):
     k, steps, warmup, decay, lr = 4, 7, 1, 0.4, 0.05
     x, y, params0 = tiny_problem(k)
+    weights = np.array([1.0, 2.0, 0.5, 1.0])
     loop = cg.stgu(jax_loss, optax.adam(lr), affinity_decay=decay, warmup_steps=warmup,
-                   normalize_group_loss=normalize, seed=3)  # fmt: skip
+                   normalize_group_loss=normalize, seed=3, task_weights=weights)  # fmt: skip
     step = jax.jit(loop.step)
     params = jax.tree.map(jnp.asarray, params0)
     state = loop.init(params)
@@ -307,7 +308,7 @@ def test_step_matches_official_training_loop(normalize):
         official.pre_loss = [-1.0] * k
         for g, name in enumerate(sequence):
             in_group = np.isin(np.arange(k), official.group[name]).astype(float)
-            losses, grads = numpy_model(ref, x, y, in_group, normalize)
+            losses, grads = numpy_model(ref, x, y, in_group, normalize, weights)
             if g == 0:
                 np.testing.assert_allclose(info.losses, losses, rtol=1e-4)
             ref = adam.step(ref, grads)
@@ -416,6 +417,8 @@ def test_wrong_number_of_losses_is_refused():
         ({"max_iter": 0}, ValueError, "max_iter = 0"),
         ({"seed": 0.5}, ValueError, "seed = 0.5"),
         ({"num_tasks": 0}, ValueError, "num_tasks = 0"),
+        ({"task_weights": [1.0, -1.0]}, ValueError, "task_weights"),
+        ({"task_weights": [1.0, 1.0], "num_tasks": 3}, ValueError, "num_tasks = 3"),
         ({"optimizer": "adam"}, TypeError, "optimizer = 'adam'"),
         ({"loss_fn": 3}, TypeError, "loss_fn = 3"),
     ],
