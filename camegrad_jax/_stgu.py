@@ -186,7 +186,10 @@ def affinity_groups(
     return labels, jnp.where(finite, num_groups, 0)
 
 
-def _num_tasks(loss_fn: Callable[..., Any], params: Any, args: tuple, kwargs: dict) -> int:
+def _loss_shape(
+    loss_fn: Callable[..., Any], params: Any, args: tuple, kwargs: dict
+) -> jax.ShapeDtypeStruct:
+    """The shape and dtype of ``loss_fn``'s output, checked to be a (K,) floating vector."""
     shape = jax.eval_shape(loss_fn, params, *args, **kwargs)
     if not hasattr(shape, "shape") or len(shape.shape) != 1 or shape.shape[0] < 1:
         raise ValueError(
@@ -197,7 +200,7 @@ def _num_tasks(loss_fn: Callable[..., Any], params: Any, args: tuple, kwargs: di
         raise TypeError(
             f"STGU's `loss_fn` should return floating-point losses. Found dtype {shape.dtype}."
         )
-    return shape.shape[0]
+    return shape
 
 
 def stgu(
@@ -332,7 +335,8 @@ def stgu(
         )
 
     def step_fn(params: Any, state: STGUState, *args: Any, **kwargs: Any):
-        k = _num_tasks(loss_fn, params, args, kwargs)
+        loss_shape = _loss_shape(loss_fn, params, args, kwargs)
+        k = loss_shape.shape[0]
         if state.affinity.shape[0] == 0:
             state = fresh_groups(k, state.opt_state, state.count, state.key)
         elif state.affinity.shape[0] != k:
@@ -373,11 +377,10 @@ def stgu(
 
         def slot(carry, inputs):
             group, active = inputs
-            loss_dtype = jax.eval_shape(loss_fn, params, *args, **kwargs).dtype
             return lax.cond(
                 active,
                 group_update,
-                lambda carry, group: (carry, jnp.full((k,), jnp.nan, loss_dtype)),
+                lambda carry, group: (carry, jnp.full((k,), jnp.nan, loss_shape.dtype)),
                 carry,
                 group,
             )

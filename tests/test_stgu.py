@@ -218,7 +218,7 @@ class GivenNormal:
     ("n", "median"),
     [
         (4, True),
-        (5, False),
+        pytest.param(5, False, marks=pytest.mark.slow),
         pytest.param(2, True, marks=pytest.mark.slow),
         pytest.param(6, True, marks=pytest.mark.slow),
         pytest.param(8, True, marks=pytest.mark.slow),
@@ -266,7 +266,7 @@ def test_affinity_propagation_equal_similarities_shortcut():
 
 
 def test_affinity_groups_keep_groups_when_not_finite():
-    labels, count = affinity_groups(jnp.zeros((3, 3)), jax.random.PRNGKey(0))
+    labels, count = jax.jit(affinity_groups)(jnp.zeros((3, 3)), jax.random.PRNGKey(0))
     assert int(count) == 0
     assert labels.shape == (3,)
 
