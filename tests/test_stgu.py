@@ -1,5 +1,9 @@
 """STGU against a NumPy transcription of the official training loop, its clustering against a
-NumPy transcription of scikit-learn's affinity propagation, and the step's invariants."""
+NumPy transcription of scikit-learn's affinity propagation, and the step's invariants.
+
+Every test compiles a step or a clustering of its own; those beyond the reference comparisons,
+the lone group and the bad inputs are slow-marked (`-m slow`): the permutation order and warm-up,
+`lax.scan`, bfloat16 and state sizing, and the other problem sizes."""
 
 from __future__ import annotations
 
@@ -330,6 +334,7 @@ def test_one_task_updates_twice_and_optimizer_counts_updates():
         assert int(state.opt_state[0].count) == expected
 
 
+@pytest.mark.slow  # a compilation of its own: ~5 s
 def test_order_is_a_permutation_of_the_groups_and_warmup_keeps_singletons():
     k = 5
     x, y, params = tiny_problem(k, seed=1)
@@ -353,6 +358,7 @@ def test_order_is_a_permutation_of_the_groups_and_warmup_keeps_singletons():
     assert step._cache_size() == 1  # num_tasks given: one compilation
 
 
+@pytest.mark.slow  # a compilation of its own: ~5 s
 def test_scan_over_steps_equals_the_loop():
     k = 3
     x, y, params = tiny_problem(k, seed=2)
@@ -375,6 +381,7 @@ def test_scan_over_steps_equals_the_loop():
     np.testing.assert_allclose(scanned["w"], params["w"], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow  # a compilation of its own: ~5 s
 def test_bfloat16_parameters_and_state_sized_at_first_step():
     x, y, params = tiny_problem(2, seed=3)
     params = jax.tree.map(lambda a: jnp.asarray(a, jnp.bfloat16), params)
