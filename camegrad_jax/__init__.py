@@ -15,7 +15,7 @@ from camegrad_jax._aggregation import (
     stacked_gradient_transformation,
 )
 from camegrad_jax._aligned_mtl import aligned_mtl, aligned_mtl_coefficients
-from camegrad_jax._cagrad import CAGradState, cagrad
+from camegrad_jax._cagrad import CAGradState, CAGradWeights, cagrad, cagrad_weights
 from camegrad_jax._camegrad import CameGradState, CameGradWeights, camegrad, camegrad_weights
 from camegrad_jax._diagnostics import GradientStats, gradient_stats
 from camegrad_jax._dual import DualSolution, dual_objective, solve_dual
@@ -27,7 +27,7 @@ from camegrad_jax._gradnorm import GradNormState, gradnorm
 from camegrad_jax._gram_only import gram_only_gradients
 from camegrad_jax._imtl_g import imtl_g, imtl_g_coefficients
 from camegrad_jax._linear import linear_scalarization
-from camegrad_jax._mgda import MGDAState, mgda
+from camegrad_jax._mgda import MGDAState, MGDAWeights, mgda, mgda_weights
 from camegrad_jax._mmpareto import mmpareto, mmpareto_coefficients
 from camegrad_jax._modo import MoDoState, modo
 from camegrad_jax._nash_mtl import NashMTLState, nash_mtl, solve_nash
@@ -36,6 +36,7 @@ from camegrad_jax._registry import METHODS, MethodInfo, method_info, registered_
 from camegrad_jax._rlw import RLWState, rlw
 from camegrad_jax._rotograd import Rotation, RotoGrad, RotoGradScalingState, rotograd_scaling
 from camegrad_jax._sdmgrad import SDMGradState, sdmgrad, sdmgrad_weights
+from camegrad_jax._stgu import STGU, STGUState, STGUStepInfo, stgu
 from camegrad_jax._task_gradients import task_gradients
 from camegrad_jax._task_gram import task_gram
 from camegrad_jax._uncertainty_weighting import UncertaintyWeightingState, uncertainty_weighting
@@ -45,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CAGradState",
+    "CAGradWeights",
     "CameGradState",
     "CameGradWeights",
     "DualSolution",
@@ -58,6 +60,7 @@ __all__ = [
     "MethodInfo",
     "GradNormState",
     "MGDAState",
+    "MGDAWeights",
     "MoDoState",
     "MultiTaskState",
     "NashMTLState",
@@ -67,11 +70,15 @@ __all__ = [
     "RotoGrad",
     "RotoGradScalingState",
     "SDMGradState",
+    "STGU",
+    "STGUState",
+    "STGUStepInfo",
     "UncertaintyWeightingState",
     "WeightingResult",
     "aligned_mtl",
     "aligned_mtl_coefficients",
     "cagrad",
+    "cagrad_weights",
     "camegrad",
     "camegrad_weights",
     "dual_objective",
@@ -87,6 +94,7 @@ __all__ = [
     "linear_scalarization",
     "method_info",
     "mgda",
+    "mgda_weights",
     "mmpareto",
     "mmpareto_coefficients",
     "modo",
@@ -95,6 +103,7 @@ __all__ = [
     "pcgrad_coefficients",
     "registered_methods",
     "rlw",
+    "stgu",
     "rotograd_scaling",
     "sdmgrad",
     "sdmgrad_weights",
