@@ -218,7 +218,8 @@ def camegrad(
     and the parameters move by :math:`-\eta g` once a following optimizer (e.g. Adam) has
     processed g.
 
-    Decisions where the paper is ambiguous (see ``design/algorithm.md``):
+    Decisions where the paper is ambiguous (the algorithm page, ``docs/algorithm.md``, gives
+    the reasons):
 
     * Stage 1 works on the *weighted* gradients, so ``c = 0`` gives the linear-scalarization
       direction exactly; with ``c = 0, gamma = 1`` the update is :math:`g_{lin}` for any α.

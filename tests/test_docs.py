@@ -1,4 +1,5 @@
-"""The documentation runs: README code blocks fenced ```python, and every docstring example."""
+"""The documentation runs and holds together: the ```python blocks of the README and of the
+docs pages, every docstring example, the README's length and every relative link."""
 
 from __future__ import annotations
 
@@ -13,8 +14,15 @@ import pytest
 import camegrad_jax
 
 ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+README_MAX_LINES = 250
 # Blocks fenced ```python are complete programs; ```py marks fragments that need a model.
-README_BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+PYTHON_BLOCKS = [
+    (page, block)
+    for page in PAGES
+    for block in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+]
 CORE_MODULES = sorted(
     info.name
     for info in pkgutil.iter_modules(camegrad_jax.__path__, "camegrad_jax.")
@@ -23,12 +31,45 @@ CORE_MODULES = sorted(
 
 
 def test_readme_has_runnable_blocks():
-    assert README_BLOCKS
+    assert any(page == README for page, _ in PYTHON_BLOCKS)
 
 
-@pytest.mark.parametrize("index", range(len(README_BLOCKS)))
-def test_readme_block_runs(index):
-    exec(compile(README_BLOCKS[index], f"README.md block {index}", "exec"), {})
+@pytest.mark.parametrize(
+    "page, block",
+    PYTHON_BLOCKS,
+    ids=[f"{page.name}-{i}" for i, (page, _) in enumerate(PYTHON_BLOCKS)],
+)
+def test_python_block_runs(page, block):
+    exec(compile(block, f"{page.name} block", "exec"), {})
+
+
+def test_readme_is_a_front_page():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= README_MAX_LINES, "move details to a page of docs/"
+    assert [n for n, line in enumerate(lines, 1) if len(line) > 200] == []
+
+
+def _heading_anchors(page: Path) -> set[str]:
+    # GitHub's and MyST's slugs: lower case, punctuation dropped, spaces to hyphens.
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    headings = re.findall(r"^#+ (.+)$", text, re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_relative_links_point_to_existing_files(page):
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):  # https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists():
+            broken.append(target)
+        elif anchor and linked.suffix == ".md" and anchor not in _heading_anchors(linked):
+            broken.append(target)
+    assert broken == [], f"{page.name} links to missing files or headings: {broken}"
 
 
 @pytest.mark.parametrize("module_name", CORE_MODULES)

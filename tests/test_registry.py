@@ -1,5 +1,5 @@
-"""The method registry is the one list: the README table, the test suites, the benchmarks and the
-CLI are all read from it, and no public method factory is missing from it."""
+"""The method registry is the one list: the README table, the method guide, the test suites, the
+benchmarks and the CLI are all read from it, and no public method factory is missing from it."""
 
 from __future__ import annotations
 
@@ -32,6 +32,16 @@ def test_readme_method_table_is_generated_from_the_registry():
     assert _registry.readme_with_table(readme) == readme, "run `python docs/generate.py`"
     for info in cg.registered_methods(variants=False):
         assert f"`{info.factory.__name__}`" in readme
+
+
+def test_method_guide_is_generated_from_the_registry():
+    spec = importlib.util.spec_from_file_location("generate", ROOT / "docs" / "generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    guide = generate.METHOD_GUIDE.read_text()
+    assert generate.method_guide() == guide, "run `python docs/generate.py`"
+    for info in cg.registered_methods():
+        assert f"`{info.name}`" in guide
 
 
 def test_every_public_method_factory_is_registered():
