@@ -264,7 +264,7 @@ def camegrad(
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. ``update(task_updates, state, params=None,
-      **extra_args)`` takes a pytree whose leaves have shape (K, *param_shape) and returns
+      **extra_args)`` takes a pytree whose leaves have shape ``(K, *param_shape)`` and returns
       updates shaped like the parameters, in the input dtype. Unknown extra arguments are
       ignored. The state is a :class:`MultiTaskState`: ``coefficients`` and ``stats`` (cosine
       similarities, conflict flag, ‖g_lin‖, ‖update‖, magnitude-collapse ratio) of the last
