@@ -34,3 +34,15 @@ autodoc_default_options = {"members": True, "show-inheritance": False}
 html_theme = "sphinx_book_theme"
 html_title = "camegrad-jax"
 html_theme_options = {"show_toc_level": 2}
+
+
+def _drop_type_docstrings(app, what, name, obj, options, lines):
+    # A constant has no docstring of its own: autodoc would show its type's (tuple's, dict's).
+    del app, name, options
+    own = " ".join(" ".join(lines).split())
+    if what == "data" and own == " ".join((type(obj).__doc__ or "").split()):
+        lines.clear()
+
+
+def setup(app):
+    app.connect("autodoc-process-docstring", _drop_type_docstrings)

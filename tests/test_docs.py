@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import importlib.util
 import pkgutil
 import re
 from pathlib import Path
@@ -47,6 +48,15 @@ def test_readme_is_a_front_page():
     lines = README.read_text().splitlines()
     assert len(lines) <= README_MAX_LINES, "move details to a page of docs/"
     assert [n for n, line in enumerate(lines, 1) if len(line) > 200] == []
+
+
+def test_api_reference_is_generated_from_the_public_names():
+    spec = importlib.util.spec_from_file_location("generate", ROOT / "docs" / "generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    assert generate.api_reference() == generate.API_REFERENCE.read_text(), (
+        "run `python docs/generate.py`"
+    )
 
 
 def _heading_anchors(page: Path) -> set[str]:
