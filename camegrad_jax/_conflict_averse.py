@@ -51,6 +51,16 @@ def conflict_averse_direction(
       c: the radius, ≥ 0 (checked by the factories).
       init_weights: (K,) warm start of the dual on the simplex.
       solver, solver_tol, solver_maxiter: see :func:`camegrad_jax.solve_dual`.
+
+    Examples:
+      Two orthogonal tasks conflict nowhere, so d* lengthens g0 to the edge of the ball:
+
+      >>> import jax.numpy as jnp
+      >>> from camegrad_jax._conflict_averse import conflict_averse_direction
+      >>> gram = jnp.eye(2) / 2.0  # h_1 = (1, 0), h_2 = (0, 1), divided by the trace
+      >>> direction = conflict_averse_direction(gram, jnp.asarray(0.5), jnp.full(2, 0.5))
+      >>> [round(x, 4) for x in direction.coefficients.tolist()]  # d* = (1 + c) g0
+      [0.75, 0.75]
     """
     num_tasks = normalised_gram.shape[0]
     centre = jnp.full((num_tasks,), 1.0 / num_tasks, normalised_gram.dtype)
