@@ -53,14 +53,15 @@ def conflict_averse_direction(
       solver, solver_tol, solver_maxiter: see :func:`camegrad_jax.solve_dual`.
 
     Examples:
-      Two orthogonal tasks conflict nowhere, so d* lengthens g0 to the edge of the ball:
+      Two opposed tasks, the second twice as long; with c = 0 the direction is the mean g0
+      itself (the coefficients are those of the h_i):
 
       >>> import jax.numpy as jnp
       >>> from camegrad_jax._conflict_averse import conflict_averse_direction
-      >>> gram = jnp.eye(2) / 2.0  # h_1 = (1, 0), h_2 = (0, 1), divided by the trace
-      >>> direction = conflict_averse_direction(gram, jnp.asarray(0.5), jnp.full(2, 0.5))
-      >>> [round(x, 4) for x in direction.coefficients.tolist()]  # d* = (1 + c) g0
-      [0.75, 0.75]
+      >>> gram = jnp.array([[1.0, -2.0], [-2.0, 4.0]]) / 5.0  # h_2 = -2 h_1, trace-normalised
+      >>> result = conflict_averse_direction(gram, jnp.asarray(0.0), jnp.array([0.5, 0.5]))
+      >>> result.coefficients  # c = 0: the mean g0 itself
+      Array([0.5, 0.5], dtype=float32)
     """
     num_tasks = normalised_gram.shape[0]
     centre = jnp.full((num_tasks,), 1.0 / num_tasks, normalised_gram.dtype)

@@ -36,8 +36,8 @@ INPUT_MEANINGS = {
 
 
 def _summary(function) -> str:
-    """The first line of a docstring."""
-    return inspect.getdoc(function).splitlines()[0].strip()
+    """The first paragraph of a docstring, on one line."""
+    return " ".join(inspect.getdoc(function).split("\n\n")[0].split())
 
 
 def _link(reference: str) -> str:
@@ -71,10 +71,13 @@ def _section(info: _registry.MethodInfo, variants: list[_registry.MethodInfo]) -
         f"- **kind:** `{info.kind}` ({KIND_MEANINGS[info.kind]})",
     ]
     needed = [INPUT_MEANINGS[i] for i in info.inputs]
-    lines.append(
-        "- **inputs:** the stacked per-task gradients"
-        + ("".join(f"; {meaning}" for meaning in needed))
-    )
+    if info.kind == "step":
+        lines.append("- **inputs:** the loss function and the batch; it takes the gradients itself")
+    else:
+        lines.append(
+            "- **inputs:** the stacked per-task gradients"
+            + ("".join(f"; {meaning}" for meaning in needed))
+        )
     if info.reference:
         lines.append(f"- **reference:** {_link(info.reference)}")
     peers = [
