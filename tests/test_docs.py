@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import camegrad_jax
+from camegrad_jax import _registry
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -45,9 +46,13 @@ def test_python_block_runs(page, block):
 
 
 def test_readme_is_a_front_page():
-    lines = README.read_text().splitlines()
-    assert len(lines) <= README_MAX_LINES, "move details to a page of docs/"
-    assert [n for n, line in enumerate(lines, 1) if len(line) > 200] == []
+    text = README.read_text()
+    assert len(text.splitlines()) <= README_MAX_LINES, "move details to a page of docs/"
+    # A Markdown table row cannot wrap: the generated method table is left out (its rows are as
+    # long as the registry's titles and references make them).
+    start, end = text.index(_registry.TABLE_START), text.index(_registry.TABLE_END)
+    prose = (text[:start] + text[end:]).splitlines()
+    assert [line[:60] for line in prose if len(line) > 200] == []
 
 
 def test_api_reference_is_generated_from_the_public_names():
