@@ -19,6 +19,7 @@ from camegrad_jax._cagrad import CAGradState, cagrad
 from camegrad_jax._camegrad import CameGradState, CameGradWeights, camegrad, camegrad_weights
 from camegrad_jax._diagnostics import GradientStats, gradient_stats
 from camegrad_jax._dual import DualSolution, dual_objective, solve_dual
+from camegrad_jax._dualproj import dualproj, dualproj_coefficients
 from camegrad_jax._dwa import DWAState, dwa
 from camegrad_jax._famo import FamoState, famo
 from camegrad_jax._gradnorm import GradNormState, gradnorm
@@ -63,6 +64,8 @@ __all__ = [
     "camegrad",
     "camegrad_weights",
     "dual_objective",
+    "dualproj",
+    "dualproj_coefficients",
     "dwa",
     "famo",
     "gradient_stats",
