@@ -17,6 +17,7 @@ from camegrad_jax._aggregation import (
 from camegrad_jax._aligned_mtl import aligned_mtl, aligned_mtl_coefficients
 from camegrad_jax._cagrad import CAGradState, cagrad
 from camegrad_jax._camegrad import CameGradState, CameGradWeights, camegrad, camegrad_weights
+from camegrad_jax._config import config, config_coefficients
 from camegrad_jax._diagnostics import GradientStats, gradient_stats
 from camegrad_jax._dual import DualSolution, dual_objective, solve_dual
 from camegrad_jax._dualproj import dualproj, dualproj_coefficients
@@ -63,6 +64,8 @@ __all__ = [
     "cagrad",
     "camegrad",
     "camegrad_weights",
+    "config",
+    "config_coefficients",
     "dual_objective",
     "dualproj",
     "dualproj_coefficients",
