@@ -26,6 +26,7 @@ from camegrad_jax._famo import FamoState, famo
 from camegrad_jax._gradnorm import GradNormState, gradnorm
 from camegrad_jax._gram_only import gram_only_gradients
 from camegrad_jax._imtl_g import imtl_g, imtl_g_coefficients
+from camegrad_jax._krum import krum, krum_coefficients
 from camegrad_jax._linear import linear_scalarization
 from camegrad_jax._mgda import MGDAState, mgda
 from camegrad_jax._mmpareto import mmpareto, mmpareto_coefficients
@@ -76,6 +77,8 @@ __all__ = [
     "gram_only_gradients",
     "imtl_g",
     "imtl_g_coefficients",
+    "krum",
+    "krum_coefficients",
     "linear_scalarization",
     "mgda",
     "mmpareto",
