@@ -36,6 +36,7 @@ from camegrad_jax._rlw import RLWState, rlw
 from camegrad_jax._rotograd import Rotation, RotoGrad, RotoGradScalingState, rotograd_scaling
 from camegrad_jax._task_gradients import task_gradients
 from camegrad_jax._task_gram import task_gram
+from camegrad_jax._trimmed_mean import trimmed_mean
 from camegrad_jax._uncertainty_weighting import UncertaintyWeightingState, uncertainty_weighting
 from camegrad_jax._upgrad import upgrad, upgrad_coefficients
 
@@ -93,6 +94,7 @@ __all__ = [
     "stacked_gradient_transformation",
     "task_gradients",
     "task_gram",
+    "trimmed_mean",
     "uncertainty_weighting",
     "upgrad",
     "upgrad_coefficients",
