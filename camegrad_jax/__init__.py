@@ -23,6 +23,7 @@ from camegrad_jax._dual import DualSolution, dual_objective, solve_dual
 from camegrad_jax._dualproj import dualproj, dualproj_coefficients
 from camegrad_jax._dwa import DWAState, dwa
 from camegrad_jax._famo import FamoState, famo
+from camegrad_jax._graddrop import GradDropState, graddrop
 from camegrad_jax._gradnorm import GradNormState, gradnorm
 from camegrad_jax._gram_only import gram_only_gradients
 from camegrad_jax._imtl_g import imtl_g, imtl_g_coefficients
@@ -49,6 +50,7 @@ __all__ = [
     "DualSolution",
     "DWAState",
     "FamoState",
+    "GradDropState",
     "GradientStats",
     "GradNormState",
     "MGDAState",
@@ -73,6 +75,7 @@ __all__ = [
     "dualproj_coefficients",
     "dwa",
     "famo",
+    "graddrop",
     "gradient_stats",
     "gradnorm",
     "gram_only_gradients",
