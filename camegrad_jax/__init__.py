@@ -25,6 +25,7 @@ from camegrad_jax._dwa import DWAState, dwa
 from camegrad_jax._famo import FamoState, famo
 from camegrad_jax._graddrop import GradDropState, graddrop
 from camegrad_jax._gradnorm import GradNormState, gradnorm
+from camegrad_jax._gradvac import GradVacState, gradvac, gradvac_coefficients
 from camegrad_jax._gram_only import gram_only_gradients
 from camegrad_jax._imtl_g import imtl_g, imtl_g_coefficients
 from camegrad_jax._krum import krum, krum_coefficients
@@ -53,6 +54,7 @@ __all__ = [
     "GradDropState",
     "GradientStats",
     "GradNormState",
+    "GradVacState",
     "MGDAState",
     "MultiTaskState",
     "NashMTLState",
@@ -78,6 +80,8 @@ __all__ = [
     "graddrop",
     "gradient_stats",
     "gradnorm",
+    "gradvac",
+    "gradvac_coefficients",
     "gram_only_gradients",
     "imtl_g",
     "imtl_g_coefficients",
