@@ -34,6 +34,7 @@ from camegrad_jax._mgda import MGDAState, mgda
 from camegrad_jax._mmpareto import mmpareto, mmpareto_coefficients
 from camegrad_jax._nash_mtl import NashMTLState, nash_mtl, solve_nash
 from camegrad_jax._pcgrad import PCGradState, pcgrad, pcgrad_coefficients
+from camegrad_jax._registry import METHODS, MethodInfo, method_info, registered_methods
 from camegrad_jax._rlw import RLWState, rlw
 from camegrad_jax._rotograd import Rotation, RotoGrad, RotoGradScalingState, rotograd_scaling
 from camegrad_jax._task_gradients import task_gradients
@@ -53,6 +54,8 @@ __all__ = [
     "FamoState",
     "GradDropState",
     "GradientStats",
+    "METHODS",
+    "MethodInfo",
     "GradNormState",
     "GradVacState",
     "MGDAState",
@@ -88,12 +91,14 @@ __all__ = [
     "krum",
     "krum_coefficients",
     "linear_scalarization",
+    "method_info",
     "mgda",
     "mmpareto",
     "mmpareto_coefficients",
     "nash_mtl",
     "pcgrad",
     "pcgrad_coefficients",
+    "registered_methods",
     "rlw",
     "rotograd_scaling",
     "solve_dual",
