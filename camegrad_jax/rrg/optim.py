@@ -51,12 +51,15 @@ class MultitaskMethod:
         takes; the trainer passes only these.
       baseline: the scalarised baseline, whose combined gradient gets the baseline's
         element-wise clip.
+      defaults: values of the factory's required arguments that the run's own settings
+        (``seed``, ``epoch_length``, ``method_options``) replace when they give them.
     """
 
     factory: str
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     hyper: tuple[str, ...] = ()
     baseline: bool = False
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def resolve(self) -> Callable[..., optax.GradientTransformation] | None:
         return getattr(camegrad_jax, self.factory, None)
@@ -67,15 +70,18 @@ def _from_registry(info: camegrad_jax.MethodInfo) -> MultitaskMethod:
     if info.baseline:
         # Diagnostics on, so the baseline records the same gradient statistics as every method.
         fixed["diagnostics"] = True
-    return MultitaskMethod(info.factory.__name__, fixed, info.paper_hyper, info.baseline)
+    return MultitaskMethod(
+        info.factory.__name__, fixed, info.paper_hyper, info.baseline, dict(info.example_kwargs)
+    )
 
 
 # Every transformation of the library's registry whose update needs at most the losses (the
-# trainer passes ``value=losses`` and nothing else).
+# trainer passes ``value=losses`` and nothing else) and that is defined for the reference
+# model's two tasks.
 MULTITASK_METHODS: dict[str, MultitaskMethod] = {
     info.name: _from_registry(info)
     for info in camegrad_jax.registered_methods(
-        kinds=("gram", "gradient", "loss"), inputs=("value",)
+        kinds=("gram", "gradient", "loss"), inputs=("value",), task_count=2
     )
 }
 
@@ -142,8 +148,7 @@ def build_multitask(
         num_tasks=num_tasks,
         task_weights=task_weights,
         shared_mask=shared_mask,
-        **method.fixed,
-        **hyper,
+        **{**method.defaults, **method.fixed, **hyper},
     )
 
 
