@@ -27,6 +27,7 @@ from camegrad_jax._graddrop import GradDropState, graddrop
 from camegrad_jax._gradnorm import GradNormState, gradnorm
 from camegrad_jax._gradvac import GradVacState, gradvac, gradvac_coefficients
 from camegrad_jax._gram_only import gram_only_gradients
+from camegrad_jax._grouping import GroupedState
 from camegrad_jax._imtl_g import imtl_g, imtl_g_coefficients
 from camegrad_jax._krum import krum, krum_coefficients
 from camegrad_jax._linear import linear_scalarization
@@ -58,6 +59,7 @@ __all__ = [
     "MethodInfo",
     "GradNormState",
     "GradVacState",
+    "GroupedState",
     "MGDAState",
     "MultiTaskState",
     "NashMTLState",

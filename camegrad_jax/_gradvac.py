@@ -140,8 +140,8 @@ def gradvac(
     Returns:
       An ``optax.GradientTransformationExtraArgs``. With ``grouping="model"`` its state is a
       :class:`camegrad_jax.MultiTaskState` with a :class:`GradVacState` as ``method_state``;
-      otherwise a ``GroupedState`` holding one such state per group, in the order of the
-      groups' first leaves.
+      otherwise a :class:`camegrad_jax.GroupedState` holding one such state per group, in the
+      order of the groups' first leaves.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -205,5 +205,5 @@ def gradvac(
     if grouping == "model":
         return whole_model(shared_mask)
     return _grouping.per_group(
-        lambda: whole_model(None), grouping, task_weights=task_weights, shared_mask=shared_mask
+        whole_model(None), grouping, task_weights=task_weights, shared_mask=shared_mask
     )

@@ -78,18 +78,18 @@ def leaf_groups(tree: Any, grouping: Grouping, shared: list[bool] | None = None)
 
 
 def per_group(
-    make_inner: Callable[[], optax.GradientTransformationExtraArgs],
+    inner: optax.GradientTransformationExtraArgs,
     grouping: Grouping,
     *,
     task_weights: Any,
     shared_mask: _tree.MaskOrFn = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """Runs ``make_inner()`` separately on each group of the shared leaves; the other leaves
-    receive Σ_i λ_i g_i.
+    """Runs ``inner`` separately on each group of the shared leaves, each group with its own
+    state; the other leaves receive Σ_i λ_i g_i.
 
     Args:
-      make_inner: builds the transformation applied to one group (a stacked-gradient
-        transformation that must come first in a chain).
+      inner: the transformation applied to each group (a stacked-gradient transformation that
+        must come first in a chain).
       grouping: see the module docstring.
       task_weights: static weights λ or None, for the leaves outside `shared_mask`.
       shared_mask: the leaves that are grouped (default all).
@@ -97,7 +97,6 @@ def per_group(
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`GroupedState`.
     """
-    inner = make_inner()
 
     def masked(tree: Any, groups: list[int], group: int) -> Any:
         leaves, treedef = jax.tree.flatten(tree)
