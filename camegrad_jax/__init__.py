@@ -15,7 +15,7 @@ from camegrad_jax._aggregation import (
     stacked_gradient_transformation,
 )
 from camegrad_jax._aligned_mtl import aligned_mtl, aligned_mtl_coefficients
-from camegrad_jax._cagrad import CAGradState, cagrad
+from camegrad_jax._cagrad import CAGradState, CAGradWeights, cagrad, cagrad_weights
 from camegrad_jax._camegrad import CameGradState, CameGradWeights, camegrad, camegrad_weights
 from camegrad_jax._config import config, config_coefficients
 from camegrad_jax._diagnostics import GradientStats, gradient_stats
@@ -31,7 +31,7 @@ from camegrad_jax._grouping import GroupedState
 from camegrad_jax._imtl_g import imtl_g, imtl_g_coefficients
 from camegrad_jax._krum import krum, krum_coefficients
 from camegrad_jax._linear import linear_scalarization
-from camegrad_jax._mgda import MGDAState, mgda
+from camegrad_jax._mgda import MGDAState, MGDAWeights, mgda, mgda_weights
 from camegrad_jax._mmpareto import mmpareto, mmpareto_coefficients
 from camegrad_jax._nash_mtl import NashMTLState, nash_mtl, solve_nash
 from camegrad_jax._pcgrad import PCGradState, pcgrad, pcgrad_coefficients
@@ -48,6 +48,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CAGradState",
+    "CAGradWeights",
     "CameGradState",
     "CameGradWeights",
     "DualSolution",
@@ -61,6 +62,7 @@ __all__ = [
     "GradVacState",
     "GroupedState",
     "MGDAState",
+    "MGDAWeights",
     "MultiTaskState",
     "NashMTLState",
     "PCGradState",
@@ -73,6 +75,7 @@ __all__ = [
     "aligned_mtl",
     "aligned_mtl_coefficients",
     "cagrad",
+    "cagrad_weights",
     "camegrad",
     "camegrad_weights",
     "config",
@@ -95,6 +98,7 @@ __all__ = [
     "linear_scalarization",
     "method_info",
     "mgda",
+    "mgda_weights",
     "mmpareto",
     "mmpareto_coefficients",
     "nash_mtl",
