@@ -17,13 +17,19 @@ from camegrad_jax._aggregation import (
 from camegrad_jax._aligned_mtl import aligned_mtl, aligned_mtl_coefficients
 from camegrad_jax._cagrad import CAGradState, CAGradWeights, cagrad, cagrad_weights
 from camegrad_jax._camegrad import CameGradState, CameGradWeights, camegrad, camegrad_weights
+from camegrad_jax._config import config, config_coefficients
 from camegrad_jax._diagnostics import GradientStats, gradient_stats
 from camegrad_jax._dual import DualSolution, dual_objective, solve_dual
+from camegrad_jax._dualproj import dualproj, dualproj_coefficients
 from camegrad_jax._dwa import DWAState, dwa
 from camegrad_jax._famo import FamoState, famo
+from camegrad_jax._graddrop import GradDropState, graddrop
 from camegrad_jax._gradnorm import GradNormState, gradnorm
+from camegrad_jax._gradvac import GradVacState, gradvac, gradvac_coefficients
 from camegrad_jax._gram_only import gram_only_gradients
+from camegrad_jax._grouping import GroupedState
 from camegrad_jax._imtl_g import imtl_g, imtl_g_coefficients
+from camegrad_jax._krum import krum, krum_coefficients
 from camegrad_jax._linear import linear_scalarization
 from camegrad_jax._mgda import MGDAState, MGDAWeights, mgda, mgda_weights
 from camegrad_jax._mmpareto import mmpareto, mmpareto_coefficients
@@ -35,6 +41,7 @@ from camegrad_jax._rotograd import Rotation, RotoGrad, RotoGradScalingState, rot
 from camegrad_jax._stgu import STGU, STGUState, STGUStepInfo, stgu
 from camegrad_jax._task_gradients import task_gradients
 from camegrad_jax._task_gram import task_gram
+from camegrad_jax._trimmed_mean import trimmed_mean
 from camegrad_jax._uncertainty_weighting import UncertaintyWeightingState, uncertainty_weighting
 from camegrad_jax._upgrad import upgrad, upgrad_coefficients
 
@@ -48,10 +55,13 @@ __all__ = [
     "DualSolution",
     "DWAState",
     "FamoState",
+    "GradDropState",
     "GradientStats",
     "METHODS",
     "MethodInfo",
     "GradNormState",
+    "GradVacState",
+    "GroupedState",
     "MGDAState",
     "MGDAWeights",
     "MultiTaskState",
@@ -72,14 +82,23 @@ __all__ = [
     "cagrad_weights",
     "camegrad",
     "camegrad_weights",
+    "config",
+    "config_coefficients",
     "dual_objective",
+    "dualproj",
+    "dualproj_coefficients",
     "dwa",
     "famo",
+    "graddrop",
     "gradient_stats",
     "gradnorm",
+    "gradvac",
+    "gradvac_coefficients",
     "gram_only_gradients",
     "imtl_g",
     "imtl_g_coefficients",
+    "krum",
+    "krum_coefficients",
     "linear_scalarization",
     "method_info",
     "mgda",
@@ -98,6 +117,7 @@ __all__ = [
     "stacked_gradient_transformation",
     "task_gradients",
     "task_gram",
+    "trimmed_mean",
     "uncertainty_weighting",
     "upgrad",
     "upgrad_coefficients",
