@@ -160,7 +160,7 @@ def gradvac(
     References:
       Wang, Tsvetkov, Firat & Cao, Gradient Vaccine: Investigating and Improving Multi-task
       Optimization in Massively Multilingual Models, ICLR 2021.
-      https://openreview.net/forum?id=F1vEjWK-lH_
+      https://openreview.net/forum?id=F1vEjWK-lH\_
     """
     valid = _validation.check_unit_interval(beta, "beta")
     _grouping.check_grouping(grouping)
