@@ -17,6 +17,7 @@ from camegrad_jax._aggregation import (
 from camegrad_jax._aligned_mtl import aligned_mtl, aligned_mtl_coefficients
 from camegrad_jax._cagrad import CAGradState, cagrad
 from camegrad_jax._camegrad import CameGradState, CameGradWeights, camegrad, camegrad_weights
+from camegrad_jax._db_mtl import db_mtl
 from camegrad_jax._diagnostics import GradientStats, gradient_stats
 from camegrad_jax._dual import DualSolution, dual_objective, solve_dual
 from camegrad_jax._dwa import DWAState, dwa
@@ -33,6 +34,7 @@ from camegrad_jax._rlw import RLWState, rlw
 from camegrad_jax._rotograd import Rotation, RotoGrad, RotoGradScalingState, rotograd_scaling
 from camegrad_jax._task_gradients import task_gradients
 from camegrad_jax._task_gram import task_gram
+from camegrad_jax._tracking import TrackedState
 from camegrad_jax._uncertainty_weighting import UncertaintyWeightingState, uncertainty_weighting
 from camegrad_jax._upgrad import upgrad, upgrad_coefficients
 
@@ -55,6 +57,7 @@ __all__ = [
     "Rotation",
     "RotoGrad",
     "RotoGradScalingState",
+    "TrackedState",
     "UncertaintyWeightingState",
     "WeightingResult",
     "aligned_mtl",
@@ -62,6 +65,7 @@ __all__ = [
     "cagrad",
     "camegrad",
     "camegrad_weights",
+    "db_mtl",
     "dual_objective",
     "dwa",
     "famo",
