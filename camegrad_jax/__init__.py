@@ -17,6 +17,7 @@ from camegrad_jax._aggregation import (
 from camegrad_jax._aligned_mtl import aligned_mtl, aligned_mtl_coefficients
 from camegrad_jax._cagrad import CAGradState, cagrad
 from camegrad_jax._camegrad import CameGradState, CameGradWeights, camegrad, camegrad_weights
+from camegrad_jax._cr_mogm import CRMOGMState, cr_mogm
 from camegrad_jax._db_mtl import db_mtl
 from camegrad_jax._diagnostics import GradientStats, gradient_stats
 from camegrad_jax._dual import DualSolution, dual_objective, solve_dual
@@ -44,6 +45,7 @@ __all__ = [
     "CAGradState",
     "CameGradState",
     "CameGradWeights",
+    "CRMOGMState",
     "DualSolution",
     "DWAState",
     "FamoState",
@@ -65,6 +67,7 @@ __all__ = [
     "cagrad",
     "camegrad",
     "camegrad_weights",
+    "cr_mogm",
     "db_mtl",
     "dual_objective",
     "dwa",

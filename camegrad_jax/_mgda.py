@@ -7,6 +7,7 @@ active-set polish, certificate and warm start serve both methods.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from camegrad_jax import _dual, _gram, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import Weighting, WeightingResult, stacked_gradient_transformation
 
 Normalization = Literal["none", "l2", "loss", "loss+"]
 NORMALIZATIONS: tuple[str, ...] = ("none", "l2", "loss", "loss+")
@@ -50,6 +51,55 @@ def _normalisers(normalization, weighted, task_weights, extra_args, dtype):
         )
     weighted_losses = task_weights * losses
     return weighted_losses if normalization == "loss" else weighted_losses * norms
+
+
+def min_norm_weighting(
+    normalization: Normalization, solver: _dual.Solver, solver_tol: Any, solver_maxiter: Any
+) -> tuple[Callable[[int], MGDAState], Weighting]:
+    """MGDA's ``(init_method_state, weighting)`` for the stacked-gradient builder: the state's
+    ``dual_weights`` are the min-norm weights w* on the weighted gradients, and the coefficients
+    on the raw gradients are w* · λ. CR-MOGM smooths the same weights."""
+
+    def init_method_state(k: int) -> MGDAState:
+        return MGDAState(
+            dual_weights=jnp.full((k,), 1.0 / k, jnp.float32),
+            min_norm=jnp.zeros((), jnp.float32),
+            solver_iterations=jnp.zeros((), jnp.int32),
+            solver_error=jnp.zeros((), jnp.float32),
+            duality_gap=jnp.zeros((), jnp.float32),
+        )
+
+    def weighting(gram, state: MGDAState, weights, **extra_args) -> WeightingResult:
+        dtype = gram.dtype
+        weighted = _gram.weighted_gram(gram, weights)
+        normalisers = _normalisers(normalization, weighted, weights, extra_args, dtype)
+        inverse = jnp.where(normalisers > 0, 1.0 / jnp.where(normalisers > 0, normalisers, 1), 0)
+        normalised, trace = _gram.trace_normalise(_gram.weighted_gram(weighted, inverse))
+        num_tasks = gram.shape[0]
+        solution = _dual.solve_dual(
+            normalised,
+            jnp.asarray(1.0, dtype),
+            state.dual_weights,
+            solver=solver,
+            tol=solver_tol,
+            maxiter=solver_maxiter,
+            centre=jnp.zeros((num_tasks,), dtype),
+        )
+        min_weights = solution.weights
+        new_state = MGDAState(
+            dual_weights=min_weights,
+            min_norm=jnp.sqrt(jnp.maximum(min_weights @ normalised @ min_weights * trace, 0.0)),
+            solver_iterations=solution.iterations,
+            solver_error=solution.solver_error,
+            duality_gap=solution.duality_gap,
+        )
+        # As the official code: w* found on the normalised gradients weighs the weighted ones.
+        coefficients, new_state = _gram.guard_non_finite(
+            gram, min_weights * weights, new_state, state
+        )
+        return WeightingResult(coefficients, new_state)
+
+    return init_method_state, weighting
 
 
 def mgda(
@@ -133,44 +183,9 @@ def mgda(
         _dual.check_solver_options(solver, solver_tol, solver_maxiter),
     )
 
-    def init_method_state(k: int) -> MGDAState:
-        return MGDAState(
-            dual_weights=jnp.full((k,), 1.0 / k, jnp.float32),
-            min_norm=jnp.zeros((), jnp.float32),
-            solver_iterations=jnp.zeros((), jnp.int32),
-            solver_error=jnp.zeros((), jnp.float32),
-            duality_gap=jnp.zeros((), jnp.float32),
-        )
-
-    def weighting(gram, state: MGDAState, weights, **extra_args) -> WeightingResult:
-        dtype = gram.dtype
-        weighted = _gram.weighted_gram(gram, weights)
-        normalisers = _normalisers(normalization, weighted, weights, extra_args, dtype)
-        inverse = jnp.where(normalisers > 0, 1.0 / jnp.where(normalisers > 0, normalisers, 1), 0)
-        normalised, trace = _gram.trace_normalise(_gram.weighted_gram(weighted, inverse))
-        num_tasks = gram.shape[0]
-        solution = _dual.solve_dual(
-            normalised,
-            jnp.asarray(1.0, dtype),
-            state.dual_weights,
-            solver=solver,
-            tol=solver_tol,
-            maxiter=solver_maxiter,
-            centre=jnp.zeros((num_tasks,), dtype),
-        )
-        min_weights = solution.weights
-        new_state = MGDAState(
-            dual_weights=min_weights,
-            min_norm=jnp.sqrt(jnp.maximum(min_weights @ normalised @ min_weights * trace, 0.0)),
-            solver_iterations=solution.iterations,
-            solver_error=solution.solver_error,
-            duality_gap=solution.duality_gap,
-        )
-        # As the official code: w* found on the normalised gradients weighs the weighted ones.
-        coefficients, new_state = _gram.guard_non_finite(
-            gram, min_weights * weights, new_state, state
-        )
-        return WeightingResult(coefficients, new_state)
+    init_method_state, weighting = min_norm_weighting(
+        normalization, solver, solver_tol, solver_maxiter
+    )
 
     return stacked_gradient_transformation(
         weighting,
