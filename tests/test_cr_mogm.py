@@ -51,9 +51,7 @@ def test_matches_reference_over_steps(seed):
     rng = np.random.default_rng(seed)
     grads, _ = random_problem(rng, T, K, D)
     alpha, weights = rng.uniform(0.3, 0.95), rng.uniform(0.5, 2, K)
-    updates, states, _ = run_steps(
-        cr_mogm, grads, alpha=alpha, task_weights=weights, static=STATIC
-    )
+    updates, states, _ = run_steps(cr_mogm, grads, alpha=alpha, task_weights=weights, static=STATIC)
     expected, expected_weights = reference(grads, alpha, weights)
     assert rel_err(updates, expected) < 1e-4
     np.testing.assert_allclose(states.method_state.smoothed_weights, expected_weights, atol=1e-4)
