@@ -29,6 +29,7 @@ from camegrad_jax._imtl_g import imtl_g, imtl_g_coefficients
 from camegrad_jax._linear import linear_scalarization
 from camegrad_jax._mgda import MGDAState, mgda
 from camegrad_jax._mmpareto import mmpareto, mmpareto_coefficients
+from camegrad_jax._moco import MoCoState, moco
 from camegrad_jax._nash_mtl import NashMTLState, nash_mtl, solve_nash
 from camegrad_jax._pcgrad import PCGradState, pcgrad, pcgrad_coefficients
 from camegrad_jax._rlw import RLWState, rlw
@@ -52,6 +53,7 @@ __all__ = [
     "GradientStats",
     "GradNormState",
     "MGDAState",
+    "MoCoState",
     "MultiTaskState",
     "NashMTLState",
     "PCGradState",
@@ -81,6 +83,7 @@ __all__ = [
     "mgda",
     "mmpareto",
     "mmpareto_coefficients",
+    "moco",
     "nash_mtl",
     "pcgrad",
     "pcgrad_coefficients",
