@@ -31,6 +31,7 @@ from camegrad_jax._mgda import MGDAState, mgda
 from camegrad_jax._mmpareto import mmpareto, mmpareto_coefficients
 from camegrad_jax._moco import MoCoState, moco
 from camegrad_jax._nash_mtl import NashMTLState, nash_mtl, solve_nash
+from camegrad_jax._pcd import PCDState, pcd
 from camegrad_jax._pcgrad import PCGradState, pcgrad, pcgrad_coefficients
 from camegrad_jax._rlw import RLWState, rlw
 from camegrad_jax._rotograd import Rotation, RotoGrad, RotoGradScalingState, rotograd_scaling
@@ -56,6 +57,7 @@ __all__ = [
     "MoCoState",
     "MultiTaskState",
     "NashMTLState",
+    "PCDState",
     "PCGradState",
     "RLWState",
     "Rotation",
@@ -85,6 +87,7 @@ __all__ = [
     "mmpareto_coefficients",
     "moco",
     "nash_mtl",
+    "pcd",
     "pcgrad",
     "pcgrad_coefficients",
     "rlw",
