@@ -33,6 +33,7 @@ from camegrad_jax._moco import MoCoState, moco
 from camegrad_jax._nash_mtl import NashMTLState, nash_mtl, solve_nash
 from camegrad_jax._pcd import PCDState, pcd
 from camegrad_jax._pcgrad import PCGradState, pcgrad, pcgrad_coefficients
+from camegrad_jax._registry import METHODS, MethodInfo, method_info, registered_methods
 from camegrad_jax._rlw import RLWState, rlw
 from camegrad_jax._rotograd import Rotation, RotoGrad, RotoGradScalingState, rotograd_scaling
 from camegrad_jax._task_gradients import task_gradients
@@ -52,6 +53,8 @@ __all__ = [
     "DWAState",
     "FamoState",
     "GradientStats",
+    "METHODS",
+    "MethodInfo",
     "GradNormState",
     "MGDAState",
     "MoCoState",
@@ -82,6 +85,7 @@ __all__ = [
     "imtl_g",
     "imtl_g_coefficients",
     "linear_scalarization",
+    "method_info",
     "mgda",
     "mmpareto",
     "mmpareto_coefficients",
@@ -90,6 +94,7 @@ __all__ = [
     "pcd",
     "pcgrad",
     "pcgrad_coefficients",
+    "registered_methods",
     "rlw",
     "rotograd_scaling",
     "solve_dual",
