@@ -81,6 +81,22 @@ def tracked_gradient_transformation(
 
     A step whose update is not finite (NaN gradients or losses, hyper-parameters scheduled out
     of range) leaves the estimates and the count as they were.
+
+    Examples:
+      The sum of the tasks' running averages (targets: the gradients; r_t = 1/2):
+
+      >>> import jax.numpy as jnp
+      >>> import camegrad_jax as cg
+      >>> from camegrad_jax._tracking import tracked_gradient_transformation
+      >>> tx = tracked_gradient_transformation(
+      ...     cg.linear_scalarization(), lambda shared, private, weights, extra: (shared, private),
+      ...     lambda step: 0.5, name="averaged_sum", num_tasks=None, task_weights=None,
+      ...     shared_mask=None)
+      >>> params = jnp.zeros(2)
+      >>> _, state = tx.update(jnp.array([[2.0, 0.0], [0.0, 2.0]]), tx.init(params), params)
+      >>> updates, state = tx.update(jnp.array([[4.0, 0.0], [0.0, 0.0]]), state, params)
+      >>> updates  # y_1 = (1, 0) → (2.5, 0); y_2 = (0, 1) → (0, 0.5)
+      Array([2.5, 0.5], dtype=float32)
     """
     _validation.check_task_weights(task_weights)
     expected_tasks = _validation.resolve_num_tasks(num_tasks, task_weights)
