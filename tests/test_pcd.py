@@ -10,7 +10,7 @@ import pytest
 from gradient_method_checks import check_properties, property_batch, run
 from loss_testing import rel_err, run_steps
 
-from camegrad_jax._pcd import pcd
+from camegrad_jax._pcd import constraint_multipliers, pcd
 
 DIM = 3
 EPS = 1e-8
@@ -95,7 +95,9 @@ def test_two_objectives_match_the_closed_form():
     taus = np.repeat([0.0, 0.02, 0.5, 1.0], 6)
     scales = np.tile([1e-3, 1.0, 1e3], 8)[:, None, None]
     grads = rng.normal(size=(len(taus), 2, DIM)) * scales
-    updates, _ = one_step(grads, taus)
+    # A third task with a zero gradient adds the constraint 0 ≥ 0: the same program.
+    padded = np.concatenate([grads, np.zeros((len(taus), 1, DIM))], axis=1)
+    updates, _ = one_step(padded, taus)
     expected = np.stack([two_objectives(g, t) for g, t in zip(grads, taus, strict=True)])
     for update, want, g in zip(updates, expected, grads, strict=True):
         np.testing.assert_allclose(update, want, rtol=1e-4, atol=1e-4 * np.linalg.norm(g[0]))
@@ -106,7 +108,8 @@ def test_many_objectives_match_slsqp(num_tasks):
     rng = np.random.default_rng(num_tasks)
     taus = np.repeat([0.0, 0.02, 0.3], 4)
     # Enough dimensions that the secondary tasks' constraints can all hold.
-    grads = rng.normal(size=(len(taus), num_tasks, max(DIM, 2 * num_tasks)))
+    dim = DIM if num_tasks <= DIM else 2 * num_tasks
+    grads = rng.normal(size=(len(taus), num_tasks, dim))
     grads[:, 0] -= 1.5 * grads[:, 1:].mean(1)  # a primary that the secondaries oppose
     updates, state = one_step(grads, taus)
     assert np.all(state.method_state.feasible)
@@ -147,12 +150,29 @@ def test_properties_with_eps_zero():
     assert rel_err(updates[-1], 2.0 * base_update) < 1e-5  # torchjd: invariant to row scaling
 
 
-def test_vector_tau():
+def test_one_tau_per_secondary_task():
     rng = np.random.default_rng(9)
-    grads = rng.normal(size=(1, 3, DIM))
-    same, _ = run(pcd, grads, hyper={"eps": EPS}, tau=(0.3, 0.3))
-    scalar, _ = one_step(grads, 0.3)
-    np.testing.assert_allclose(same, scalar, rtol=1e-6)
+    g = rng.normal(size=(3, DIM))
+    g[0] -= 2 * g[1:].sum(0)
+    taus = np.array([0.1, 0.6])
+    multipliers, feasible = jax.jit(constraint_multipliers)(g @ g.T, taus)
+    assert bool(feasible)
+    # Unnormalised gradients: s_i = 1, the program as written.
+    primary, secondary = g[0], g[1:]
+    scipy_optimize = pytest.importorskip("scipy.optimize")
+    result = scipy_optimize.minimize(
+        lambda d: 0.5 * np.sum((d - primary) ** 2),
+        primary,
+        jac=lambda d: d - primary,
+        method="SLSQP",
+        constraints={
+            "type": "ineq",
+            "fun": lambda d: secondary @ d - taus * np.sum(secondary**2, axis=1),
+            "jac": lambda d: secondary,
+        },
+        options={"ftol": 1e-15, "maxiter": 1000},
+    )
+    assert rel_err(np.asarray(multipliers) @ g, result.x) < 1e-4
     tx = pcd(tau=[0.1, 0.2])
     with pytest.raises(ValueError, match="tau"):
         tx.update(jnp.ones((4, 2)), tx.init(jnp.zeros(2)))
