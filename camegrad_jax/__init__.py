@@ -15,7 +15,7 @@ from camegrad_jax._aggregation import (
     stacked_gradient_transformation,
 )
 from camegrad_jax._aligned_mtl import aligned_mtl, aligned_mtl_coefficients
-from camegrad_jax._cagrad import CAGradState, cagrad
+from camegrad_jax._cagrad import CAGradState, CAGradWeights, cagrad, cagrad_weights
 from camegrad_jax._camegrad import CameGradState, CameGradWeights, camegrad, camegrad_weights
 from camegrad_jax._cr_mogm import CRMOGMState, cr_mogm
 from camegrad_jax._db_mtl import db_mtl
@@ -27,7 +27,7 @@ from camegrad_jax._gradnorm import GradNormState, gradnorm
 from camegrad_jax._gram_only import gram_only_gradients
 from camegrad_jax._imtl_g import imtl_g, imtl_g_coefficients
 from camegrad_jax._linear import linear_scalarization
-from camegrad_jax._mgda import MGDAState, mgda
+from camegrad_jax._mgda import MGDAState, MGDAWeights, mgda, mgda_weights
 from camegrad_jax._mmpareto import mmpareto, mmpareto_coefficients
 from camegrad_jax._moco import MoCoState, moco
 from camegrad_jax._nash_mtl import NashMTLState, nash_mtl, solve_nash
@@ -46,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CAGradState",
+    "CAGradWeights",
     "CameGradState",
     "CameGradWeights",
     "CRMOGMState",
@@ -57,6 +58,7 @@ __all__ = [
     "MethodInfo",
     "GradNormState",
     "MGDAState",
+    "MGDAWeights",
     "MoCoState",
     "MultiTaskState",
     "NashMTLState",
@@ -72,6 +74,7 @@ __all__ = [
     "aligned_mtl",
     "aligned_mtl_coefficients",
     "cagrad",
+    "cagrad_weights",
     "camegrad",
     "camegrad_weights",
     "cr_mogm",
@@ -87,6 +90,7 @@ __all__ = [
     "linear_scalarization",
     "method_info",
     "mgda",
+    "mgda_weights",
     "mmpareto",
     "mmpareto_coefficients",
     "moco",

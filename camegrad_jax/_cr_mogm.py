@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from camegrad_jax import _dual, _tree, _validation
+from camegrad_jax import _dual, _gram, _tree, _validation
 from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
-from camegrad_jax._mgda import NORMALIZATIONS, MGDAState, Normalization, min_norm_weighting
+from camegrad_jax._mgda import NORMALIZATIONS, Normalization, mgda_weights
 
 _NAME = "cr_mogm"
 
@@ -34,7 +34,7 @@ class CRMOGMState(NamedTuple):
 
     smoothed_weights: jax.Array  # (K,) float32, λ_t: the moving average of MGDA's weights.
     count: jax.Array  # () int32, accepted updates so far.
-    mgda: MGDAState  # The inner MGDA's state: λ̂_t in `dual_weights`, its warm start.
+    mgda_weights: jax.Array  # (K,) float32, λ̂_t: MGDA's weights, the next solve's warm start.
 
 
 def cr_mogm(
@@ -69,8 +69,8 @@ def cr_mogm(
 
     Deviations from the official code: the paper publishes no code; this follows its update and
     torchjd's ``CRMOGMWeighting`` (0.17: ``alpha`` weighs the previous weights, default 0.9, and
-    the first step's weights start the average). The inner weights are MGDA's, computed as
-    :func:`camegrad_jax.mgda` computes them (exact active-set finish, not Frank-Wolfe).
+    the first step's weights start the average). The inner weights are MGDA's, from
+    :func:`camegrad_jax.mgda_weights` (exact active-set finish, not Frank-Wolfe).
 
     Args:
       alpha: α ∈ [0, 1], the weight of the previous smoothed weights (torchjd's convention).
@@ -114,31 +114,35 @@ def cr_mogm(
         _validation.check_unit_interval(alpha, "alpha"),
         _dual.check_solver_options(solver, solver_tol, solver_maxiter),
     )
-    init_mgda, mgda_weighting = min_norm_weighting(
-        normalization, solver, solver_tol, solver_maxiter
-    )
 
     def init_method_state(k: int) -> CRMOGMState:
+        uniform = jnp.full((k,), 1.0 / k, jnp.float32)
         return CRMOGMState(
-            smoothed_weights=jnp.full((k,), 1.0 / k, jnp.float32),
-            count=jnp.zeros((), jnp.int32),
-            mgda=init_mgda(k),
+            smoothed_weights=uniform, count=jnp.zeros((), jnp.int32), mgda_weights=uniform
         )
 
     def weighting(gram, state: CRMOGMState, weights, **extra_args) -> WeightingResult:
-        mgda_coefficients, mgda_state = mgda_weighting(gram, state.mgda, weights, **extra_args)
-        fresh = mgda_state.dual_weights.astype(gram.dtype)
-        previous = state.smoothed_weights.astype(gram.dtype)
-        decay = jnp.asarray(alpha, gram.dtype)
+        dtype = gram.dtype
+        fresh = mgda_weights(
+            gram,
+            normalization=normalization,
+            losses=extra_args.get("value"),
+            task_weights=weights,
+            init_weights=state.mgda_weights.astype(dtype),
+            solver=solver,
+            solver_tol=solver_tol,
+            solver_maxiter=solver_maxiter,
+        ).dual_weights
+        decay = jnp.asarray(alpha, dtype)
+        previous = state.smoothed_weights.astype(dtype)
         smoothed = jnp.where(state.count > 0, decay * previous + (1 - decay) * fresh, fresh)
-        # MGDA poisons its coefficients (and keeps its own state) when G is not finite.
-        finite = jnp.all(jnp.isfinite(mgda_coefficients))
         new_state = CRMOGMState(
-            smoothed_weights=jnp.where(finite, smoothed, previous),
-            count=jnp.where(finite, optax.safe_int32_increment(state.count), state.count),
-            mgda=mgda_state,
+            smoothed_weights=smoothed,
+            count=optax.safe_int32_increment(state.count),
+            mgda_weights=fresh,
         )
-        coefficients = jnp.where(finite, smoothed * weights, jnp.nan)
+        # Non-finite gradients poison the coefficients and leave the state as it was.
+        coefficients, new_state = _gram.guard_non_finite(gram, smoothed * weights, new_state, state)
         return WeightingResult(coefficients, new_state)
 
     return stacked_gradient_transformation(
