@@ -36,6 +36,7 @@ from camegrad_jax._pcgrad import PCGradState, pcgrad, pcgrad_coefficients
 from camegrad_jax._registry import METHODS, MethodInfo, method_info, registered_methods
 from camegrad_jax._rlw import RLWState, rlw
 from camegrad_jax._rotograd import Rotation, RotoGrad, RotoGradScalingState, rotograd_scaling
+from camegrad_jax._stgu import STGU, STGUState, STGUStepInfo, stgu
 from camegrad_jax._task_gradients import task_gradients
 from camegrad_jax._task_gram import task_gram
 from camegrad_jax._tracking import TrackedState
@@ -68,6 +69,9 @@ __all__ = [
     "Rotation",
     "RotoGrad",
     "RotoGradScalingState",
+    "STGU",
+    "STGUState",
+    "STGUStepInfo",
     "TrackedState",
     "UncertaintyWeightingState",
     "WeightingResult",
@@ -100,6 +104,7 @@ __all__ = [
     "pcgrad_coefficients",
     "registered_methods",
     "rlw",
+    "stgu",
     "rotograd_scaling",
     "solve_dual",
     "solve_nash",

@@ -60,6 +60,7 @@ from camegrad_jax._pcd import pcd
 from camegrad_jax._pcgrad import pcgrad
 from camegrad_jax._rlw import rlw
 from camegrad_jax._rotograd import rotograd_scaling
+from camegrad_jax._stgu import stgu
 from camegrad_jax._uncertainty_weighting import uncertainty_weighting
 from camegrad_jax._upgrad import upgrad
 
@@ -369,6 +370,15 @@ METHODS: tuple[MethodInfo, ...] = (
         reference="https://arxiv.org/abs/2103.02631",
         inputs=("representation_grads",),
         tested_against="SciPy `expm_frechet` for the rotation loss",
+    ),
+    MethodInfo(
+        "stgu",
+        stgu,
+        "step",
+        title="STGU (ICLR 2025), as a training step `stgu(loss_fn, optimizer).step`",
+        reference="https://arxiv.org/abs/2502.11986",
+        tested_against="the official training loop and scikit-learn's affinity propagation, "
+        "transcribed in NumPy",
     ),
 )
 

@@ -62,6 +62,8 @@ from camegrad_jax.rrg.optim import (
     available_methods,
     build_multitask,
     build_optimizer,
+    build_step_method,
+    step_optimizer,
 )
 from camegrad_jax.rrg.synthetic import (
     SyntheticConfig,
@@ -121,6 +123,7 @@ __all__ = [
     "build_multitask",
     "build_optimizer",
     "build_setup",
+    "build_step_method",
     "check_labels",
     "classification_probs",
     "clean_report",
@@ -148,6 +151,7 @@ __all__ = [
     "save_checkpoint",
     "shared_parameter_mask",
     "step_diagnostics",
+    "step_optimizer",
     "summarize_step_log",
     "synthetic_dataset",
     "train",
