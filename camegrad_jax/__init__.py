@@ -18,6 +18,8 @@ from camegrad_jax._aligned_mtl import aligned_mtl, aligned_mtl_coefficients
 from camegrad_jax._cagrad import CAGradState, CAGradWeights, cagrad, cagrad_weights
 from camegrad_jax._camegrad import CameGradState, CameGradWeights, camegrad, camegrad_weights
 from camegrad_jax._config import config, config_coefficients
+from camegrad_jax._cr_mogm import CRMOGMState, cr_mogm
+from camegrad_jax._db_mtl import db_mtl
 from camegrad_jax._diagnostics import GradientStats, gradient_stats
 from camegrad_jax._dual import DualSolution, dual_objective, solve_dual
 from camegrad_jax._dualproj import dualproj, dualproj_coefficients
@@ -33,7 +35,9 @@ from camegrad_jax._krum import krum, krum_coefficients
 from camegrad_jax._linear import linear_scalarization
 from camegrad_jax._mgda import MGDAState, MGDAWeights, mgda, mgda_weights
 from camegrad_jax._mmpareto import mmpareto, mmpareto_coefficients
+from camegrad_jax._moco import MoCoState, moco
 from camegrad_jax._nash_mtl import NashMTLState, nash_mtl, solve_nash
+from camegrad_jax._pcd import PCDState, pcd
 from camegrad_jax._pcgrad import PCGradState, pcgrad, pcgrad_coefficients
 from camegrad_jax._registry import METHODS, MethodInfo, method_info, registered_methods
 from camegrad_jax._rlw import RLWState, rlw
@@ -41,6 +45,7 @@ from camegrad_jax._rotograd import Rotation, RotoGrad, RotoGradScalingState, rot
 from camegrad_jax._stgu import STGU, STGUState, STGUStepInfo, stgu
 from camegrad_jax._task_gradients import task_gradients
 from camegrad_jax._task_gram import task_gram
+from camegrad_jax._tracking import TrackedState
 from camegrad_jax._trimmed_mean import trimmed_mean
 from camegrad_jax._uncertainty_weighting import UncertaintyWeightingState, uncertainty_weighting
 from camegrad_jax._upgrad import upgrad, upgrad_coefficients
@@ -52,6 +57,7 @@ __all__ = [
     "CAGradWeights",
     "CameGradState",
     "CameGradWeights",
+    "CRMOGMState",
     "DualSolution",
     "DWAState",
     "FamoState",
@@ -64,8 +70,10 @@ __all__ = [
     "GroupedState",
     "MGDAState",
     "MGDAWeights",
+    "MoCoState",
     "MultiTaskState",
     "NashMTLState",
+    "PCDState",
     "PCGradState",
     "RLWState",
     "Rotation",
@@ -74,6 +82,7 @@ __all__ = [
     "STGU",
     "STGUState",
     "STGUStepInfo",
+    "TrackedState",
     "UncertaintyWeightingState",
     "WeightingResult",
     "aligned_mtl",
@@ -84,6 +93,8 @@ __all__ = [
     "camegrad_weights",
     "config",
     "config_coefficients",
+    "cr_mogm",
+    "db_mtl",
     "dual_objective",
     "dualproj",
     "dualproj_coefficients",
@@ -105,7 +116,9 @@ __all__ = [
     "mgda_weights",
     "mmpareto",
     "mmpareto_coefficients",
+    "moco",
     "nash_mtl",
+    "pcd",
     "pcgrad",
     "pcgrad_coefficients",
     "registered_methods",

@@ -49,6 +49,8 @@ from camegrad_jax._aligned_mtl import aligned_mtl
 from camegrad_jax._cagrad import cagrad
 from camegrad_jax._camegrad import camegrad
 from camegrad_jax._config import config
+from camegrad_jax._cr_mogm import cr_mogm
+from camegrad_jax._db_mtl import db_mtl
 from camegrad_jax._dualproj import dualproj
 from camegrad_jax._dwa import dwa
 from camegrad_jax._famo import famo
@@ -60,7 +62,9 @@ from camegrad_jax._krum import krum
 from camegrad_jax._linear import linear_scalarization
 from camegrad_jax._mgda import mgda
 from camegrad_jax._mmpareto import mmpareto
+from camegrad_jax._moco import moco
 from camegrad_jax._nash_mtl import nash_mtl
+from camegrad_jax._pcd import pcd
 from camegrad_jax._pcgrad import pcgrad
 from camegrad_jax._rlw import rlw
 from camegrad_jax._rotograd import rotograd_scaling
@@ -320,6 +324,27 @@ METHODS: tuple[MethodInfo, ...] = (
         tested_against="Algorithm 1 in NumPy with the key schedule's draws",
     ),
     MethodInfo(
+        "cr_mogm",
+        cr_mogm,
+        "gram",
+        title="CR-MOGM over MGDA (NeurIPS 2022)",
+        reference="https://proceedings.neurips.cc/paper_files/paper/2022/file/"
+        "f91bd64a3620aad8e70a27ad9cb3ca57-Paper-Conference.pdf",
+        schedulable=("alpha", 0.9),
+        torchjd="`CRMOGMWeighting`",
+        tested_against="moving average of SciPy SLSQP min-norm weights",
+    ),
+    MethodInfo(
+        "pcd",
+        pcd,
+        "gram",
+        title="PCD (TMLR 2026)",
+        reference="https://openreview.net/forum?id=HT01yGHLEt",
+        schedulable=("tau", 0.02),
+        torchjd="PCD",
+        tested_against="torchjd's fixed values, the two-task closed form, SciPy SLSQP",
+    ),
+    MethodInfo(
         "mmpareto",
         mmpareto,
         "gradient",
@@ -327,6 +352,28 @@ METHODS: tuple[MethodInfo, ...] = (
         reference="https://arxiv.org/abs/2405.17730",
         schedulable=("gamma", 1.5),
         tested_against="the official training step in NumPy",
+    ),
+    MethodInfo(
+        "db_mtl",
+        db_mtl,
+        "gradient",
+        title="DB-MTL (2023)",
+        reference="https://arxiv.org/abs/2308.12029",
+        inputs=("value",),
+        schedulable=("beta", 0.9),
+        libmtl="DB_MTL",
+        tested_against="LibMTL's `DB_MTL` in NumPy",
+    ),
+    MethodInfo(
+        "moco",
+        moco,
+        "gradient",
+        title="MoCo (ICLR 2023)",
+        reference="https://openreview.net/forum?id=dLAYGdKTi2",
+        inputs=("value",),
+        schedulable=("gamma", 0.1),
+        libmtl="MoCo",
+        tested_against="LibMTL's `MoCo` and the paper's Algorithm 1 in NumPy",
     ),
     MethodInfo(
         "uncertainty_weighting",
