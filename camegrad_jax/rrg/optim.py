@@ -58,6 +58,8 @@ class MultitaskMethod:
       baseline: the scalarised baseline, whose combined gradient gets the baseline's
         element-wise clip.
       step: a training step (:func:`build_step_method`), not an optax transformation.
+      defaults: values of the factory's required arguments that the run's own settings
+        (``seed``, ``epoch_length``, ``method_options``) replace when they give them.
     """
 
     factory: str
@@ -65,6 +67,7 @@ class MultitaskMethod:
     hyper: tuple[str, ...] = ()
     baseline: bool = False
     step: bool = False
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def resolve(self) -> Callable[..., optax.GradientTransformation] | None:
         return getattr(camegrad_jax, self.factory, None)
@@ -76,14 +79,21 @@ def _from_registry(info: camegrad_jax.MethodInfo) -> MultitaskMethod:
         # Diagnostics on, so the baseline records the same gradient statistics as every method.
         fixed["diagnostics"] = True
     return MultitaskMethod(
-        info.factory.__name__, fixed, info.paper_hyper, info.baseline, info.kind == "step"
+        info.factory.__name__,
+        fixed,
+        info.paper_hyper,
+        info.baseline,
+        step=info.kind == "step",
+        defaults=dict(info.example_kwargs),
     )
 
 
 # Every row of the library's registry whose update needs at most the losses (the trainer passes
-# ``value=losses`` and nothing else), and the training steps.
+# ``value=losses`` and nothing else) and that is defined for the reference model's two tasks,
+# the training steps included.
 MULTITASK_METHODS: dict[str, MultitaskMethod] = {
-    info.name: _from_registry(info) for info in camegrad_jax.registered_methods(inputs=("value",))
+    info.name: _from_registry(info)
+    for info in camegrad_jax.registered_methods(inputs=("value",), task_count=2)
 }
 
 # Arguments the trainer supplies to the factories that accept them (by their signature).
@@ -154,8 +164,7 @@ def build_multitask(
         num_tasks=num_tasks,
         task_weights=task_weights,
         shared_mask=shared_mask,
-        **method.fixed,
-        **hyper,
+        **{**method.defaults, **method.fixed, **hyper},
     )
 
 
