@@ -17,23 +17,40 @@ from camegrad_jax._aggregation import (
 from camegrad_jax._aligned_mtl import aligned_mtl, aligned_mtl_coefficients
 from camegrad_jax._cagrad import CAGradState, CAGradWeights, cagrad, cagrad_weights
 from camegrad_jax._camegrad import CameGradState, CameGradWeights, camegrad, camegrad_weights
+from camegrad_jax._config import config, config_coefficients
+from camegrad_jax._cr_mogm import CRMOGMState, cr_mogm
+from camegrad_jax._db_mtl import db_mtl
 from camegrad_jax._diagnostics import GradientStats, gradient_stats
 from camegrad_jax._dual import DualSolution, dual_objective, solve_dual
+from camegrad_jax._dualproj import dualproj, dualproj_coefficients
 from camegrad_jax._dwa import DWAState, dwa
+from camegrad_jax._excess_mtl import ExcessMTLState, ExcessMTLWeights, excess_mtl
+from camegrad_jax._fairgrad import FairGradState, fairgrad, solve_fairgrad
 from camegrad_jax._famo import FamoState, famo
+from camegrad_jax._graddrop import GradDropState, graddrop
 from camegrad_jax._gradnorm import GradNormState, gradnorm
+from camegrad_jax._gradvac import GradVacState, gradvac, gradvac_coefficients
 from camegrad_jax._gram_only import gram_only_gradients
+from camegrad_jax._grouping import GroupedState
 from camegrad_jax._imtl_g import imtl_g, imtl_g_coefficients
+from camegrad_jax._krum import krum, krum_coefficients
 from camegrad_jax._linear import linear_scalarization
 from camegrad_jax._mgda import MGDAState, MGDAWeights, mgda, mgda_weights
 from camegrad_jax._mmpareto import mmpareto, mmpareto_coefficients
+from camegrad_jax._moco import MoCoState, moco
+from camegrad_jax._modo import MoDoState, modo
 from camegrad_jax._nash_mtl import NashMTLState, nash_mtl, solve_nash
+from camegrad_jax._pcd import PCDState, pcd
 from camegrad_jax._pcgrad import PCGradState, pcgrad, pcgrad_coefficients
 from camegrad_jax._registry import METHODS, MethodInfo, method_info, registered_methods
 from camegrad_jax._rlw import RLWState, rlw
 from camegrad_jax._rotograd import Rotation, RotoGrad, RotoGradScalingState, rotograd_scaling
+from camegrad_jax._sdmgrad import SDMGradState, sdmgrad, sdmgrad_weights
+from camegrad_jax._stgu import STGU, STGUState, STGUStepInfo, stgu
 from camegrad_jax._task_gradients import task_gradients
 from camegrad_jax._task_gram import task_gram
+from camegrad_jax._tracking import TrackedState
+from camegrad_jax._trimmed_mean import trimmed_mean
 from camegrad_jax._uncertainty_weighting import UncertaintyWeightingState, uncertainty_weighting
 from camegrad_jax._upgrad import upgrad, upgrad_coefficients
 
@@ -44,22 +61,37 @@ __all__ = [
     "CAGradWeights",
     "CameGradState",
     "CameGradWeights",
+    "CRMOGMState",
     "DualSolution",
     "DWAState",
+    "ExcessMTLState",
+    "ExcessMTLWeights",
+    "FairGradState",
     "FamoState",
+    "GradDropState",
     "GradientStats",
     "METHODS",
     "MethodInfo",
     "GradNormState",
+    "GradVacState",
+    "GroupedState",
     "MGDAState",
     "MGDAWeights",
+    "MoCoState",
+    "MoDoState",
     "MultiTaskState",
     "NashMTLState",
+    "PCDState",
     "PCGradState",
     "RLWState",
     "Rotation",
     "RotoGrad",
     "RotoGradScalingState",
+    "SDMGradState",
+    "STGU",
+    "STGUState",
+    "STGUStepInfo",
+    "TrackedState",
     "UncertaintyWeightingState",
     "WeightingResult",
     "aligned_mtl",
@@ -68,31 +100,52 @@ __all__ = [
     "cagrad_weights",
     "camegrad",
     "camegrad_weights",
+    "config",
+    "config_coefficients",
+    "cr_mogm",
+    "db_mtl",
     "dual_objective",
+    "dualproj",
+    "dualproj_coefficients",
     "dwa",
+    "excess_mtl",
+    "fairgrad",
     "famo",
+    "graddrop",
     "gradient_stats",
     "gradnorm",
+    "gradvac",
+    "gradvac_coefficients",
     "gram_only_gradients",
     "imtl_g",
     "imtl_g_coefficients",
+    "krum",
+    "krum_coefficients",
     "linear_scalarization",
     "method_info",
     "mgda",
     "mgda_weights",
     "mmpareto",
     "mmpareto_coefficients",
+    "moco",
+    "modo",
     "nash_mtl",
+    "pcd",
     "pcgrad",
     "pcgrad_coefficients",
     "registered_methods",
     "rlw",
+    "stgu",
     "rotograd_scaling",
+    "sdmgrad",
+    "sdmgrad_weights",
     "solve_dual",
+    "solve_fairgrad",
     "solve_nash",
     "stacked_gradient_transformation",
     "task_gradients",
     "task_gram",
+    "trimmed_mean",
     "uncertainty_weighting",
     "upgrad",
     "upgrad_coefficients",

@@ -181,7 +181,7 @@ def cagrad(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from camegrad_jax._cagrad import cagrad
+      >>> from camegrad_jax import cagrad
       >>> tx = cagrad(0.5, num_tasks=2)
       >>> grads = {"w": jnp.array([[1.0, 0.0], [-0.5, 1.0]])}
       >>> updates, state = tx.update(grads, tx.init({"w": jnp.zeros(2)}))

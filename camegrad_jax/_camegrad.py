@@ -217,7 +217,8 @@ def camegrad(
     and the parameters move by :math:`-\eta g` once a following optimizer (e.g. Adam) has
     processed g.
 
-    Decisions where the paper is ambiguous (see ``design/algorithm.md``):
+    Decisions where the paper is ambiguous (the algorithm page, ``docs/algorithm.md``, gives
+    the reasons):
 
     * Stage 1 works on the *weighted* gradients, so ``c = 0`` gives the linear-scalarization
       direction exactly; with ``c = 0, gamma = 1`` the update is :math:`g_{lin}` for any α.
@@ -262,7 +263,7 @@ def camegrad(
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. ``update(task_updates, state, params=None,
-      **extra_args)`` takes a pytree whose leaves have shape (K, *param_shape) and returns
+      **extra_args)`` takes a pytree whose leaves have shape ``(K, *param_shape)`` and returns
       updates shaped like the parameters, in the input dtype. Unknown extra arguments are
       ignored. The state is a :class:`MultiTaskState`: ``coefficients`` and ``stats`` (cosine
       similarities, conflict flag, ‖g_lin‖, ‖update‖, magnitude-collapse ratio) of the last

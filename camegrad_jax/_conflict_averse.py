@@ -51,6 +51,17 @@ def conflict_averse_direction(
       c: the radius, ≥ 0 (checked by the factories).
       init_weights: (K,) warm start of the dual on the simplex.
       solver, solver_tol, solver_maxiter: see :func:`camegrad_jax.solve_dual`.
+
+    Examples:
+      Two opposed tasks, the second twice as long; with c = 0 the direction is the mean g0
+      itself (the coefficients are those of the h_i):
+
+      >>> import jax.numpy as jnp
+      >>> from camegrad_jax._conflict_averse import conflict_averse_direction
+      >>> gram = jnp.array([[1.0, -2.0], [-2.0, 4.0]]) / 5.0  # h_2 = -2 h_1, trace-normalised
+      >>> result = conflict_averse_direction(gram, jnp.asarray(0.0), jnp.array([0.5, 0.5]))
+      >>> result.coefficients  # c = 0: the mean g0 itself
+      Array([0.5, 0.5], dtype=float32)
     """
     num_tasks = normalised_gram.shape[0]
     centre = jnp.full((num_tasks,), 1.0 / num_tasks, normalised_gram.dtype)

@@ -191,7 +191,7 @@ def mgda(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from camegrad_jax._mgda import mgda
+      >>> from camegrad_jax import mgda
       >>> tx = mgda(num_tasks=2)
       >>> grads = {"w": jnp.array([[1.0, 0.0], [0.0, 2.0]])}
       >>> updates, state = tx.update(grads, tx.init({"w": jnp.zeros(2)}))

@@ -71,6 +71,8 @@ from camegrad_jax.rrg.optim import (
     available_methods,
     build_multitask,
     build_optimizer,
+    build_step_method,
+    step_optimizer,
 )
 from camegrad_jax.rrg.synthetic import (
     SyntheticConfig,
@@ -136,6 +138,7 @@ __all__ = [
     "build_multitask",
     "build_optimizer",
     "build_setup",
+    "build_step_method",
     "check_labels",
     "classification_probs",
     "clean_report",
@@ -163,6 +166,7 @@ __all__ = [
     "save_checkpoint",
     "shared_parameter_mask",
     "step_diagnostics",
+    "step_optimizer",
     "summarize_step_log",
     "synthetic_dataset",
     "train",
