@@ -21,9 +21,11 @@ from camegrad_jax._diagnostics import GradientStats, gradient_stats
 from camegrad_jax._dual import DualSolution, dual_objective, solve_dual
 from camegrad_jax._dwa import DWAState, dwa
 from camegrad_jax._famo import FamoState, famo
+from camegrad_jax._geometric_mean import geometric_mean
 from camegrad_jax._gradnorm import GradNormState, gradnorm
 from camegrad_jax._gram_only import gram_only_gradients
 from camegrad_jax._imtl_g import imtl_g, imtl_g_coefficients
+from camegrad_jax._imtl_l import IMTLLState, imtl_l
 from camegrad_jax._linear import linear_scalarization
 from camegrad_jax._mgda import MGDAState, mgda
 from camegrad_jax._mmpareto import mmpareto, mmpareto_coefficients
@@ -31,6 +33,8 @@ from camegrad_jax._nash_mtl import NashMTLState, nash_mtl, solve_nash
 from camegrad_jax._pcgrad import PCGradState, pcgrad, pcgrad_coefficients
 from camegrad_jax._rlw import RLWState, rlw
 from camegrad_jax._rotograd import Rotation, RotoGrad, RotoGradScalingState, rotograd_scaling
+from camegrad_jax._scale_invariant import scale_invariant
+from camegrad_jax._stch import STCHState, stch
 from camegrad_jax._task_gradients import task_gradients
 from camegrad_jax._task_gram import task_gram
 from camegrad_jax._uncertainty_weighting import UncertaintyWeightingState, uncertainty_weighting
@@ -47,6 +51,7 @@ __all__ = [
     "FamoState",
     "GradientStats",
     "GradNormState",
+    "IMTLLState",
     "MGDAState",
     "MultiTaskState",
     "NashMTLState",
@@ -55,6 +60,7 @@ __all__ = [
     "Rotation",
     "RotoGrad",
     "RotoGradScalingState",
+    "STCHState",
     "UncertaintyWeightingState",
     "WeightingResult",
     "aligned_mtl",
@@ -66,10 +72,12 @@ __all__ = [
     "dwa",
     "famo",
     "gradient_stats",
+    "geometric_mean",
     "gradnorm",
     "gram_only_gradients",
     "imtl_g",
     "imtl_g_coefficients",
+    "imtl_l",
     "linear_scalarization",
     "mgda",
     "mmpareto",
@@ -79,9 +87,11 @@ __all__ = [
     "pcgrad_coefficients",
     "rlw",
     "rotograd_scaling",
+    "scale_invariant",
     "solve_dual",
     "solve_nash",
     "stacked_gradient_transformation",
+    "stch",
     "task_gradients",
     "task_gram",
     "uncertainty_weighting",

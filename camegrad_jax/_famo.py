@@ -47,17 +47,6 @@ def _logits_optimizer(learning_rate, weight_decay) -> optax.GradientTransformati
     return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
 
 
-def _check_min_loss(min_loss: Any) -> None:
-    if _validation.is_traced(min_loss):
-        return
-    values = np.asarray(min_loss, dtype=np.float64)
-    if values.ndim > 1 or not np.all(np.isfinite(values)):
-        raise ValueError(
-            "Parameter `min_loss` should be a finite float or a 1-D sequence of K finite floats. "
-            f"Found `min_loss = {min_loss!r}`."
-        )
-
-
 def famo(
     *,
     learning_rate: float = 0.025,
@@ -137,7 +126,7 @@ def famo(
         _validation.check_positive(learning_rate, "learning_rate"),
         _validation.check_non_negative(weight_decay, "weight_decay"),
     )
-    _check_min_loss(min_loss)
+    _loss_values.check_finite_per_task(min_loss, "min_loss")
     optimizer = _logits_optimizer(learning_rate, weight_decay)
 
     def init_method_state(k: int) -> FamoState:

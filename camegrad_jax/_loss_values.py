@@ -76,3 +76,16 @@ def check_integer(value: Any, name: str) -> None:
         or int(value) != value
     ):
         raise ValueError(f"Parameter `{name}` should be an integer. Found `{name} = {value!r}`.")
+
+
+def check_finite_per_task(value: Any, name: str) -> None:
+    """Raises ``ValueError`` unless ``value`` is a finite float or a 1-D sequence of finite floats
+    (one per task; its length is checked against K when the state is sized)."""
+    if _validation.is_traced(value):
+        return
+    values = np.asarray(value, dtype=np.float64)
+    if values.ndim > 1 or not np.all(np.isfinite(values)):
+        raise ValueError(
+            f"Parameter `{name}` should be a finite float or a 1-D sequence of K finite floats. "
+            f"Found `{name} = {value!r}`."
+        )
