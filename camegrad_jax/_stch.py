@@ -21,7 +21,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from camegrad_jax import _loss_values, _tree, _validation
@@ -136,13 +135,11 @@ def stch(
                 f"learns the ideal point. Found `reference = {reference!r}`."
             )
     if reference is not None:
-        _loss_values.check_finite_per_task(reference, "reference")
+        _loss_values.check_finite_per_task(
+            reference, "reference", _validation.resolve_num_tasks(num_tasks, task_weights)
+        )
 
     def init_method_state(k: int) -> STCHState:
-        if np.ndim(reference) == 1 and np.shape(reference)[0] != k:
-            raise ValueError(
-                f"Parameter `reference` has {np.shape(reference)[0]} entries but K = {k} tasks."
-            )
         return STCHState(
             count=jnp.zeros((), jnp.int32), warmup_loss_sum=jnp.zeros((k,), jnp.float32)
         )
@@ -153,8 +150,9 @@ def stch(
         return jax.nn.softmax(centred / jnp.asarray(mu, exponents.dtype))
 
     def on_losses(state: STCHState, weights, losses):
-        shift = jnp.zeros_like(losses) if reference is None else jnp.asarray(reference)
-        exponents = weights * (losses - shift.astype(losses.dtype))
+        k = losses.shape[0]
+        shift = 0.0 if reference is None else reference
+        exponents = weights * (losses - _loss_values.per_task(shift, k, "reference", losses.dtype))
         coefficients = smooth_max_weights(exponents) * weights
         return coefficients, _loss_values.all_finite(losses), state
 
