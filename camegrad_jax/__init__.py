@@ -31,6 +31,7 @@ from camegrad_jax._mgda import MGDAState, mgda
 from camegrad_jax._mmpareto import mmpareto, mmpareto_coefficients
 from camegrad_jax._nash_mtl import NashMTLState, nash_mtl, solve_nash
 from camegrad_jax._pcgrad import PCGradState, pcgrad, pcgrad_coefficients
+from camegrad_jax._registry import METHODS, MethodInfo, method_info, registered_methods
 from camegrad_jax._rlw import RLWState, rlw
 from camegrad_jax._rotograd import Rotation, RotoGrad, RotoGradScalingState, rotograd_scaling
 from camegrad_jax._scale_invariant import scale_invariant
@@ -50,6 +51,8 @@ __all__ = [
     "DWAState",
     "FamoState",
     "GradientStats",
+    "METHODS",
+    "MethodInfo",
     "GradNormState",
     "IMTLLState",
     "MGDAState",
@@ -79,12 +82,14 @@ __all__ = [
     "imtl_g_coefficients",
     "imtl_l",
     "linear_scalarization",
+    "method_info",
     "mgda",
     "mmpareto",
     "mmpareto_coefficients",
     "nash_mtl",
     "pcgrad",
     "pcgrad_coefficients",
+    "registered_methods",
     "rlw",
     "rotograd_scaling",
     "scale_invariant",

@@ -1,4 +1,10 @@
-"""How the interoperability suite (`test_interop.py`) builds each method."""
+"""The methods the interoperability and card-usage suites run: every optax-transformation row of
+the library's registry (`camegrad_jax.registered_methods`) whose update needs at most the loss
+values, plus a few variants that exercise other code paths of a row's factory.
+
+Rows needing other inputs are run by their own test files: `rotograd_scaling` needs the task
+gradients with respect to a shared representation (`tests/test_rotograd.py`).
+"""
 
 from __future__ import annotations
 
@@ -26,10 +32,23 @@ class Method(NamedTuple):
         return self.partial(num_tasks)(**hyper)
 
 
-CORE_METHODS = [
-    Method("camegrad", cg.camegrad, injectable=("alpha", 0.3)),
-    Method("camegrad_apg", cg.camegrad, {"solver": "apg"}, injectable=("c", 0.4)),
-    Method("camegrad_setting_b", cg.camegrad, {"enhance": "noise"}, injectable=("gamma", 1.2)),
-    Method("linear_scalarization", cg.linear_scalarization),
-    Method("linear_scalarization_diagnostics", cg.linear_scalarization, {"diagnostics": True}),
+def from_registry(info: cg.MethodInfo) -> Method:
+    fixed = {**info.fixed, **info.example_kwargs}
+    return Method(info.name, info.factory, fixed, info.needs_values, info.schedulable)
+
+
+REGISTERED = [
+    from_registry(info)
+    for info in cg.registered_methods(kinds=("gram", "gradient", "loss"), inputs=("value",))
 ]
+
+# Other code paths of registered factories: the second dual solver, the diagnostics of the
+# stateless baseline, a normalisation that reads the losses, and a second distribution.
+EXTRA_VARIANTS = [
+    Method("camegrad_apg", cg.camegrad, {"solver": "apg"}, injectable=("c", 0.4)),
+    Method("linear_diagnostics", cg.linear_scalarization, {"diagnostics": True}),
+    Method("mgda_loss_plus", cg.mgda, {"normalization": "loss+"}, needs_values=True),
+    Method("rlw_dirichlet", cg.rlw, {"distribution": "dirichlet", "seed": 3}),
+]
+
+METHODS = REGISTERED + EXTRA_VARIANTS

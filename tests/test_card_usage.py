@@ -14,14 +14,11 @@ import optax
 import pytest
 from flax import nnx
 from flax.training import train_state
-from method_registry import CORE_METHODS, Method
-from method_registry_gradient import GRADIENT_METHODS
-from method_registry_loss import LOSS_METHODS
+from method_registry import METHODS, Method
 from test_interop import _LinenTwoHead, _NNXTwoHead, extra_args, two_task_problem
 
 import camegrad_jax as cg
 
-METHODS = CORE_METHODS + GRADIENT_METHODS + LOSS_METHODS
 # The settings that each compile a step of their own run on a few methods of each kind.
 SAMPLE = [m for m in METHODS if m.name in ("camegrad", "cagrad", "mgda_loss_plus", "famo")]
 

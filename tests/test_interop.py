@@ -1,8 +1,8 @@
 """The interoperability suite every stacked-gradient method passes (optax's `_common_test` idea).
 
-Each entry of `METHODS` (see `method_registry*.py`) builds a transformation for K tasks; methods
-that need the loss values declare it, and receive them as the `value` extra argument, as optax
-does.
+Each entry of `METHODS` (the library's registry, see `method_registry.py`) builds a
+transformation for K tasks; methods that need the loss values declare it, and receive them as
+the `value` extra argument, as optax does.
 """
 
 from __future__ import annotations
@@ -15,13 +15,10 @@ import optax
 import pytest
 from flax import nnx
 from flax.training import train_state
-from method_registry import CORE_METHODS, Method
-from method_registry_gradient import GRADIENT_METHODS
-from method_registry_loss import LOSS_METHODS
+from method_registry import METHODS, Method
 
 import camegrad_jax as cg
 
-METHODS = CORE_METHODS + GRADIENT_METHODS + LOSS_METHODS
 IDS = [m.name for m in METHODS]
 
 

@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+import camegrad_jax
 from camegrad_jax.rrg.config import TrainConfig
 from camegrad_jax.rrg.optim import MULTITASK_METHODS, available_methods
 from camegrad_jax.rrg.stats import covariance_trace, paired_bootstrap_ci, sign_flip_p_value
@@ -81,12 +82,9 @@ __all__ = [
 
 BASELINE = "linear"
 CAMEGRAD = "camegrad"
-CAMEGRAD_FAMILY = (
-    "camegrad",
-    "camegrad_no_s1",
-    "camegrad_no_s2",
-    "camegrad_no_s3",
-    "camegrad_setting_b",
+# CAME-Grad and its registered ablations and variants.
+CAMEGRAD_FAMILY = (CAMEGRAD,) + tuple(
+    info.name for info in camegrad_jax.registered_methods() if info.variant_of == CAMEGRAD
 )
 SUMMARY_FILE = "summary.json"
 _SUMMARY_FORMAT = "camegrad-rrg-compare/1"

@@ -1,8 +1,9 @@
 """Multi-task methods by name, and the optimizer chain of the public CAME-Grad training recipe.
 
 :data:`MULTITASK_METHODS` maps a name to a factory of the core library and the keyword
-arguments that name always passes; adding a method is one entry. :func:`build_multitask` builds
-one, :func:`build_optimizer` puts it in front of AdamW:
+arguments that name always passes; it is read from the library's registry
+(:data:`camegrad_jax.METHODS`), so a method added there is a choice here.
+:func:`build_multitask` builds one, :func:`build_optimizer` puts it in front of AdamW:
 
     optax.chain(multitask, [optax.clip(0.1) for "linear" only], optax.adamw(schedule, ...))
 
@@ -61,29 +62,21 @@ class MultitaskMethod:
         return getattr(camegrad_jax, self.factory, None)
 
 
-_CAMEGRAD_HYPER = ("c", "gamma", "alpha")
+def _from_registry(info: camegrad_jax.MethodInfo) -> MultitaskMethod:
+    fixed = dict(info.fixed)
+    if info.baseline:
+        # Diagnostics on, so the baseline records the same gradient statistics as every method.
+        fixed["diagnostics"] = True
+    return MultitaskMethod(info.factory.__name__, fixed, info.paper_hyper, info.baseline)
 
+
+# Every transformation of the library's registry whose update needs at most the losses (the
+# trainer passes ``value=losses`` and nothing else).
 MULTITASK_METHODS: dict[str, MultitaskMethod] = {
-    # Diagnostics on, so the baseline records the same gradient statistics as every method.
-    "linear": MultitaskMethod("linear_scalarization", {"diagnostics": True}, baseline=True),
-    "camegrad": MultitaskMethod("camegrad", hyper=_CAMEGRAD_HYPER),
-    "camegrad_no_s1": MultitaskMethod("camegrad", {"rectify": False}, _CAMEGRAD_HYPER),
-    "camegrad_no_s2": MultitaskMethod("camegrad", {"enhance": False}, _CAMEGRAD_HYPER),
-    "camegrad_no_s3": MultitaskMethod("camegrad", {"fuse": False}, _CAMEGRAD_HYPER),
-    "camegrad_setting_b": MultitaskMethod("camegrad", {"enhance": "noise"}, _CAMEGRAD_HYPER),
-    "cagrad": MultitaskMethod("cagrad", hyper=("c",)),
-    "pcgrad": MultitaskMethod("pcgrad"),
-    "mgda": MultitaskMethod("mgda"),
-    "imtl_g": MultitaskMethod("imtl_g"),
-    "nash_mtl": MultitaskMethod("nash_mtl"),
-    "aligned_mtl": MultitaskMethod("aligned_mtl"),
-    "upgrad": MultitaskMethod("upgrad"),
-    "uncertainty_weighting": MultitaskMethod("uncertainty_weighting"),
-    "gradnorm": MultitaskMethod("gradnorm"),
-    "famo": MultitaskMethod("famo"),
-    "dwa": MultitaskMethod("dwa"),
-    "rlw": MultitaskMethod("rlw"),
-    "mmpareto": MultitaskMethod("mmpareto"),
+    info.name: _from_registry(info)
+    for info in camegrad_jax.registered_methods(
+        kinds=("gram", "gradient", "loss"), inputs=("value",)
+    )
 }
 
 # Arguments the trainer supplies to the factories that accept them (by their signature).
