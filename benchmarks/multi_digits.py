@@ -157,11 +157,12 @@ def make_multi_digits(
 
 
 class PatchConv(nn.Module):
-    """A 3 × 3 convolution written as patches times a dense kernel.
+    """A 3 × 3 convolution ("SAME" padding) written as patches times a dense kernel.
 
     The same function as ``nn.Conv``, but the patch extraction does not involve the weights, so
     that ``vmap`` over seeds (one kernel per seed) is a batched matrix product; a batched
-    ``nn.Conv`` kernel becomes a grouped convolution, several times slower on a CPU.
+    ``nn.Conv`` kernel becomes a grouped convolution, twice as slow to run and to compile on a
+    CPU here.
     """
 
     features: int
@@ -169,16 +170,12 @@ class PatchConv(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        # The nine shifted views of the zero-padded input ("SAME" padding), strided.
-        height, width = x.shape[1], x.shape[2]
-        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        patches = jnp.concatenate(
-            [
-                padded[:, i : i + height : self.stride, j : j + width : self.stride]
-                for i in range(3)
-                for j in range(3)
-            ],
-            axis=-1,
+        patches = jax.lax.conv_general_dilated_patches(
+            x,
+            (3, 3),
+            (self.stride, self.stride),
+            "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
         return nn.Dense(self.features)(patches)
 

@@ -350,7 +350,9 @@ METHODS: tuple[MethodInfo, ...] = (
         schedulable=("mu", 0.5),
         torchjd="`STCH` (scalarization)",
         libmtl="STCH",
-        tested_against="finite differences of torchjd's and the official loss, torchjd's fixed values",
+        tested_against=(
+            "finite differences of torchjd's and the official loss, torchjd's fixed values"
+        ),
     ),
     MethodInfo(
         "scale_invariant",
