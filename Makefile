@@ -2,14 +2,21 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: demo test test-slow lint bench bench-env
+.PHONY: demo test test-slow lint docs bench bench-env
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+$(DOCS_STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $(DOCS_STAMP)
 
 # The main demo: linear scalarization against CAME-Grad on the reference report-generation
 # setup (synthetic chest radiographs), two seeds, tables and figures in runs/demo (< 10 min).
@@ -25,6 +32,10 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check camegrad_jax tests examples benchmarks
+
+# The documentation site, warnings as errors, in docs/_build/html (-E: every page read again).
+docs: $(DOCS_STAMP)
+	$(PY) -m sphinx -W --keep-going -E -b html docs docs/_build/html
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_benchmarks.py --cvxpy --json benchmarks/results-cpu.json

@@ -436,9 +436,9 @@ def bench_pytree(width_scales: Sequence[int], task_counts: Sequence[int], rounds
 
 
 # Every registered method that forms the task Gram matrix and needs no extra input, against the
-# linear baseline (variants and the baseline itself left out).
+# linear baseline (variants and the baseline itself left out), built with its example arguments.
 FAMILY = {
-    info.name: info.factory
+    info.name: info
     for info in cg.registered_methods(kinds=("gram", "gradient"), inputs=(), variants=False)
     if not info.baseline
 }
@@ -477,10 +477,11 @@ def bench_family(size: int, task_counts: Sequence[int], rounds: Rounds) -> list[
     for k in task_counts:
         (grads,) = stacked_like([(size,)], k, seed=7 + k)
         params = jnp.zeros((size,), jnp.float32)
-        for name, factory in FAMILY.items():
-            row = time_update(
-                name, factory(num_tasks=k), grads, params, cg.linear_scalarization(), rounds
-            )
+        for name, info in FAMILY.items():
+            if k < info.min_tasks:
+                continue
+            tx = info.build(num_tasks=k, **info.example_kwargs)
+            row = time_update(name, tx, grads, params, cg.linear_scalarization(), rounds)
             row.update({"P": size, "K": k})
             rows.append(row)
             report(f"family P={size:.0e} K={k}", row)

@@ -37,7 +37,8 @@ import numpy as np
 from camegrad_jax.rrg.compare import constant_report_baseline
 from camegrad_jax.rrg.config import TrainConfig
 from camegrad_jax.rrg.data import build_dataset
-from camegrad_jax.rrg.labeler import label_reports, labeler_agreement
+from camegrad_jax.rrg.labeler import label_reports
+from camegrad_jax.rrg.labeler_agreement import labeler_agreement
 from camegrad_jax.rrg.metrics import roc_auc
 from camegrad_jax.rrg.observations import OBSERVATIONS, POSITIVE
 from camegrad_jax.rrg.synthetic import generate_synthetic

@@ -15,29 +15,42 @@ from camegrad_jax._aggregation import (
     stacked_gradient_transformation,
 )
 from camegrad_jax._aligned_mtl import aligned_mtl, aligned_mtl_coefficients
-from camegrad_jax._cagrad import CAGradState, cagrad
+from camegrad_jax._cagrad import CAGradState, CAGradWeights, cagrad, cagrad_weights
 from camegrad_jax._camegrad import CameGradState, CameGradWeights, camegrad, camegrad_weights
+from camegrad_jax._config import config, config_coefficients
+from camegrad_jax._cr_mogm import CRMOGMState, cr_mogm
+from camegrad_jax._db_mtl import db_mtl
 from camegrad_jax._diagnostics import GradientStats, gradient_stats
 from camegrad_jax._dual import DualSolution, dual_objective, solve_dual
+from camegrad_jax._dualproj import dualproj, dualproj_coefficients
 from camegrad_jax._dwa import DWAState, dwa
 from camegrad_jax._famo import FamoState, famo
 from camegrad_jax._geometric_mean import geometric_mean
+from camegrad_jax._graddrop import GradDropState, graddrop
 from camegrad_jax._gradnorm import GradNormState, gradnorm
+from camegrad_jax._gradvac import GradVacState, gradvac, gradvac_coefficients
 from camegrad_jax._gram_only import gram_only_gradients
+from camegrad_jax._grouping import GroupedState
 from camegrad_jax._imtl_g import imtl_g, imtl_g_coefficients
 from camegrad_jax._imtl_l import IMTLLState, imtl_l
+from camegrad_jax._krum import krum, krum_coefficients
 from camegrad_jax._linear import linear_scalarization
-from camegrad_jax._mgda import MGDAState, mgda
+from camegrad_jax._mgda import MGDAState, MGDAWeights, mgda, mgda_weights
 from camegrad_jax._mmpareto import mmpareto, mmpareto_coefficients
+from camegrad_jax._moco import MoCoState, moco
 from camegrad_jax._nash_mtl import NashMTLState, nash_mtl, solve_nash
+from camegrad_jax._pcd import PCDState, pcd
 from camegrad_jax._pcgrad import PCGradState, pcgrad, pcgrad_coefficients
 from camegrad_jax._registry import METHODS, MethodInfo, method_info, registered_methods
 from camegrad_jax._rlw import RLWState, rlw
 from camegrad_jax._rotograd import Rotation, RotoGrad, RotoGradScalingState, rotograd_scaling
 from camegrad_jax._scale_invariant import scale_invariant
 from camegrad_jax._stch import STCHState, stch
+from camegrad_jax._stgu import STGU, STGUState, STGUStepInfo, stgu
 from camegrad_jax._task_gradients import task_gradients
 from camegrad_jax._task_gram import task_gram
+from camegrad_jax._tracking import TrackedState
+from camegrad_jax._trimmed_mean import trimmed_mean
 from camegrad_jax._uncertainty_weighting import UncertaintyWeightingState, uncertainty_weighting
 from camegrad_jax._upgrad import upgrad, upgrad_coefficients
 
@@ -45,52 +58,80 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CAGradState",
+    "CAGradWeights",
     "CameGradState",
     "CameGradWeights",
+    "CRMOGMState",
     "DualSolution",
     "DWAState",
     "FamoState",
+    "GradDropState",
     "GradientStats",
     "METHODS",
     "MethodInfo",
     "GradNormState",
     "IMTLLState",
+    "GradVacState",
+    "GroupedState",
     "MGDAState",
+    "MGDAWeights",
+    "MoCoState",
     "MultiTaskState",
     "NashMTLState",
+    "PCDState",
     "PCGradState",
     "RLWState",
     "Rotation",
     "RotoGrad",
     "RotoGradScalingState",
     "STCHState",
+    "STGU",
+    "STGUState",
+    "STGUStepInfo",
+    "TrackedState",
     "UncertaintyWeightingState",
     "WeightingResult",
     "aligned_mtl",
     "aligned_mtl_coefficients",
     "cagrad",
+    "cagrad_weights",
     "camegrad",
     "camegrad_weights",
+    "config",
+    "config_coefficients",
+    "cr_mogm",
+    "db_mtl",
     "dual_objective",
+    "dualproj",
+    "dualproj_coefficients",
     "dwa",
     "famo",
+    "graddrop",
     "gradient_stats",
     "geometric_mean",
     "gradnorm",
+    "gradvac",
+    "gradvac_coefficients",
     "gram_only_gradients",
     "imtl_g",
     "imtl_g_coefficients",
     "imtl_l",
+    "krum",
+    "krum_coefficients",
     "linear_scalarization",
     "method_info",
     "mgda",
+    "mgda_weights",
     "mmpareto",
     "mmpareto_coefficients",
+    "moco",
     "nash_mtl",
+    "pcd",
     "pcgrad",
     "pcgrad_coefficients",
     "registered_methods",
     "rlw",
+    "stgu",
     "rotograd_scaling",
     "scale_invariant",
     "solve_dual",
@@ -99,6 +140,7 @@ __all__ = [
     "stch",
     "task_gradients",
     "task_gram",
+    "trimmed_mean",
     "uncertainty_weighting",
     "upgrad",
     "upgrad_coefficients",

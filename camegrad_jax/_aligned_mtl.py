@@ -85,7 +85,7 @@ def aligned_mtl(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from camegrad_jax._aligned_mtl import aligned_mtl
+      >>> from camegrad_jax import aligned_mtl
       >>> tx = aligned_mtl(num_tasks=2)
       >>> grads = {"w": jnp.array([[1.0, 0.0], [0.0, 3.0]])}
       >>> updates, state = tx.update(grads, tx.init({"w": jnp.zeros(2)}))

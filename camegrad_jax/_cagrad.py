@@ -1,8 +1,8 @@
 r"""CAGrad: Conflict-Averse Gradient descent (Liu et al., NeurIPS 2021).
 
-CAGrad is CAME-Grad's Stage 1 on its own, followed by the official code's rescaling. Its dual is
-solved by :func:`camegrad_jax.solve_dual` through :func:`camegrad_jax.camegrad_weights` with
-Stages 2 and 3 switched off, so the two methods share one solver, one polish and one warm start.
+CAGrad's direction is the conflict-averse direction of `_conflict_averse` (which CAME-Grad's
+Stage 1 also calls: one solver, one polish, one warm start for both), followed by the official
+code's rescaling. :func:`cagrad_weights` is its weighting of the Gram matrix.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import optax
 
 from camegrad_jax import _dual, _gram, _tree, _validation
 from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
-from camegrad_jax._camegrad import camegrad_weights
+from camegrad_jax._conflict_averse import conflict_averse_direction
+from camegrad_jax._diagnostics import quadratic_norm
 
 RESCALES: tuple[int, ...] = (0, 1, 2)
 
@@ -43,6 +44,81 @@ def _rescale_divisor(rescale: Any, c: jax.Array) -> jax.Array:
     # `rescale` may arrive as a traced integer (optax.inject_hyperparams): select, do not branch.
     rescale = jnp.asarray(rescale)
     return jnp.where(rescale == 0, 1.0, jnp.where(rescale == 1, 1.0 + c**2, 1.0 + c))
+
+
+class CAGradWeights(NamedTuple):
+    """CAGrad's K × K part: everything but the pass over the gradients."""
+
+    coefficients: jax.Array  # (K,) on the raw gradients: the update is Σ_i coefficients_i g_i.
+    dual_weights: jax.Array  # (K,) w* on the simplex.
+    direction_norm: jax.Array  # () ‖d‖ before rescaling.
+    solver_iterations: jax.Array  # () int32.
+    solver_error: jax.Array  # () the iterative solver's residual.
+    duality_gap: jax.Array  # () certified sub-optimality on the trace-normalised scale.
+
+
+def cagrad_weights(
+    gram: jax.Array,
+    *,
+    c: float | jax.Array = 0.5,
+    rescale: int | jax.Array = 1,
+    task_weights: Any = None,
+    init_weights: jax.Array | None = None,
+    solver: _dual.Solver = "jaxopt",
+    solver_tol: float | None = None,
+    solver_maxiter: int = 200,
+) -> CAGradWeights:
+    r"""CAGrad's coefficients from the Gram matrix of the raw task gradients.
+
+    The conflict-averse direction :math:`d = \sum_i \delta_i h_i` (see :func:`cagrad`) times
+    K / (1 + c²) (``rescale=1``), K / (1 + c) (2) or K (0), in terms of the raw gradients.
+
+    Args:
+      gram: (K, K) matrix :math:`G_{ij} = \langle g_i, g_j\rangle` of the *unweighted* task
+        gradients (the same convention as :func:`camegrad_weights`).
+      c: the radius, ≥ 0.
+      rescale: the official code's rescaling, 0, 1 or 2.
+      task_weights: (K,) static weights λ (default all ones).
+      init_weights: (K,) warm start for the dual (default uniform).
+      solver, solver_tol, solver_maxiter: see :func:`camegrad_jax.solve_dual`.
+
+    Returns:
+      :class:`CAGradWeights`; a non-finite G gives NaN coefficients.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from camegrad_jax import cagrad_weights
+      >>> gram = jnp.array([[1.0, -0.5], [-0.5, 1.0]])
+      >>> cagrad_weights(gram, c=0.0, rescale=0).coefficients  # c = 0: the sum of the gradients
+      Array([1., 1.], dtype=float32)
+    """
+    num_tasks = gram.shape[0]
+    dtype = gram.dtype
+    weights = _validation.weights_vector(task_weights, num_tasks, dtype)
+    # G / tr G: every tolerance is relative and the answer scale-equivariant.
+    normalised, trace = _gram.trace_normalise(_gram.weighted_gram(gram, weights))
+    scale = jnp.sqrt(jnp.where(trace > 0, trace, 0.0))
+    c = jnp.asarray(c, dtype)
+    if init_weights is None:
+        init_weights = jnp.full((num_tasks,), 1.0 / num_tasks, dtype)
+    direction = conflict_averse_direction(
+        normalised,
+        c,
+        init_weights,
+        solver=solver,
+        solver_tol=solver_tol,
+        solver_maxiter=solver_maxiter,
+    )
+    # NaN or inf in G poisons the update, so that `optax.apply_if_finite` rejects the step.
+    delta = jnp.where(jnp.all(jnp.isfinite(gram)), direction.coefficients, jnp.nan)
+    return CAGradWeights(
+        coefficients=delta * weights * (num_tasks / _rescale_divisor(rescale, c)),
+        dual_weights=direction.dual_weights,
+        direction_norm=quadratic_norm(direction.coefficients, normalised) * scale,
+        solver_iterations=direction.solver_iterations,
+        solver_error=direction.solver_error,
+        duality_gap=direction.duality_gap,
+    )
 
 
 def cagrad(
@@ -105,7 +181,7 @@ def cagrad(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from camegrad_jax._cagrad import cagrad
+      >>> from camegrad_jax import cagrad
       >>> tx = cagrad(0.5, num_tasks=2)
       >>> grads = {"w": jnp.array([[1.0, 0.0], [-0.5, 1.0]])}
       >>> updates, state = tx.update(grads, tx.init({"w": jnp.zeros(2)}))
@@ -133,30 +209,26 @@ def cagrad(
 
     def weighting(gram, state: CAGradState, weights, **extra_args) -> WeightingResult:
         del extra_args
-        # Stage 1 alone: with Stages 2 and 3 off, CAME-Grad's coefficients are d's, d = Σ δ_i h_i.
-        stage1 = camegrad_weights(
+        result = cagrad_weights(
             gram,
             c=c,
+            rescale=rescale,
             task_weights=weights,
-            enhance=False,
-            fuse=False,
             init_weights=state.dual_weights,
             solver=solver,
             solver_tol=solver_tol,
             solver_maxiter=solver_maxiter,
         )
-        num_tasks = gram.shape[0]
-        divisor = _rescale_divisor(rescale, jnp.asarray(c, gram.dtype))
         new_state = CAGradState(
-            dual_weights=stage1.dual_weights,
-            direction_norm=stage1.direction_norm,
-            solver_iterations=stage1.solver_iterations,
-            solver_error=stage1.solver_error,
-            duality_gap=stage1.duality_gap,
+            dual_weights=result.dual_weights,
+            direction_norm=result.direction_norm,
+            solver_iterations=result.solver_iterations,
+            solver_error=result.solver_error,
+            duality_gap=result.duality_gap,
         )
-        # camegrad_weights already poisons the coefficients; keep the warm start clean too.
+        # The coefficients are already poisoned; keep the warm start clean too.
         coefficients, new_state = _gram.guard_non_finite(
-            gram, stage1.coefficients * (num_tasks / divisor), new_state, state
+            gram, result.coefficients, new_state, state
         )
         return WeightingResult(coefficients, new_state)
 

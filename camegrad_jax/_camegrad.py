@@ -26,6 +26,7 @@ import optax
 
 from camegrad_jax import _dual, _gram, _tree, _validation
 from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._conflict_averse import conflict_averse_direction
 from camegrad_jax._diagnostics import quadratic_norm
 
 Enhance = bool | Literal["noise"]
@@ -100,21 +101,19 @@ def camegrad_weights(
 
     # Stage 1: conflict-averse direction rectification, d = Σ_i direction_i h_i.
     if rectify:
-        radius = c * quadratic_norm(centre, normalised)
-        solution = _dual.solve_dual(
+        stage1 = conflict_averse_direction(
             normalised,
-            radius,
+            c,
             init_weights,
             solver=solver,
-            tol=solver_tol,
-            maxiter=solver_maxiter,
+            solver_tol=solver_tol,
+            solver_maxiter=solver_maxiter,
         )
-        direction = solution.direction_coefficients
-        dual_weights = solution.weights
+        direction, dual_weights = stage1.coefficients, stage1.dual_weights
         iterations, solver_error, gap = (
-            solution.iterations,
-            solution.solver_error,
-            solution.duality_gap,
+            stage1.solver_iterations,
+            stage1.solver_error,
+            stage1.duality_gap,
         )
     else:
         direction = centre  # Without Stage 1, d = g0.
@@ -218,7 +217,8 @@ def camegrad(
     and the parameters move by :math:`-\eta g` once a following optimizer (e.g. Adam) has
     processed g.
 
-    Decisions where the paper is ambiguous (see ``design/algorithm.md``):
+    Decisions where the paper is ambiguous (the algorithm page, ``docs/algorithm.md``, gives
+    the reasons):
 
     * Stage 1 works on the *weighted* gradients, so ``c = 0`` gives the linear-scalarization
       direction exactly; with ``c = 0, gamma = 1`` the update is :math:`g_{lin}` for any α.
@@ -263,7 +263,7 @@ def camegrad(
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. ``update(task_updates, state, params=None,
-      **extra_args)`` takes a pytree whose leaves have shape (K, *param_shape) and returns
+      **extra_args)`` takes a pytree whose leaves have shape ``(K, *param_shape)`` and returns
       updates shaped like the parameters, in the input dtype. Unknown extra arguments are
       ignored. The state is a :class:`MultiTaskState`: ``coefficients`` and ``stats`` (cosine
       similarities, conflict flag, ‖g_lin‖, ‖update‖, magnitude-collapse ratio) of the last

@@ -36,7 +36,7 @@ def gradient_stats(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from camegrad_jax._diagnostics import gradient_stats
+      >>> from camegrad_jax import gradient_stats
       >>> g = jnp.array([[3.0, 0.0], [0.0, 4.0]])  # orthogonal: no conflict, ‖g_lin‖ = 5
       >>> stats = gradient_stats(g @ g.T, jnp.ones(2), jnp.ones(2))
       >>> stats.joint_norm, stats.magnitude_collapse_ratio  # 5 / (3 + 4)

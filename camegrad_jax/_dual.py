@@ -397,7 +397,7 @@ def solve_dual(
       MGDA's min-norm point of h_1 = (1, 0) and h_2 = (0, 3) weighs them 9 : 1:
 
       >>> import jax.numpy as jnp
-      >>> from camegrad_jax._dual import solve_dual
+      >>> from camegrad_jax import solve_dual
       >>> gram = jnp.diag(jnp.array([1.0, 9.0])) / 10.0
       >>> solution = solve_dual(gram, 1.0, jnp.full(2, 0.5), solver="apg", centre=jnp.zeros(2))
       >>> [round(w, 4) for w in solution.weights.tolist()], bool(solution.polished)

@@ -81,7 +81,7 @@ def dwa(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from camegrad_jax._dwa import dwa
+      >>> from camegrad_jax import dwa
       >>> tx = dwa(epoch_length=1, temperature=2.0, num_tasks=2)
       >>> params = jnp.zeros(2)
       >>> grads = jnp.array([[1.0, 0.0], [0.0, 1.0]])

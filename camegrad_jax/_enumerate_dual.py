@@ -57,20 +57,39 @@ def _best(valid: jax.Array, scores: jax.Array) -> jax.Array:
     return jnp.argmin(jnp.where(valid | ~jnp.any(valid), finite, jnp.inf))
 
 
+def nonnegative_quadratic(gram: jax.Array, linear: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """:math:`\\arg\\min_{\\mu \\ge 0} \\tfrac12 \\mu^\\top G \\mu + \\mu^\\top q` without a loop
+    (K ≤ 8), and whether any support certified it: ``(mu, solved)``.
+
+    The problem is solved exactly on each of the 2^K supports (the empty one too), and the valid
+    solution of least objective is kept. No support is valid when the problem is unbounded below
+    (some ν ≥ 0 has Gν = 0 and νᵀq < 0); μ is then the candidate of least objective. Pass G
+    and q on a common scale (e.g. divided by trace G): the certificates' tolerances are relative
+    to G's entries.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from camegrad_jax._enumerate_dual import nonnegative_quadratic
+      >>> nonnegative_quadratic(jnp.eye(2), jnp.array([-1.0, 2.0]))  # μ = max(−q, 0)
+      (Array([1., 0.], dtype=float32), Array(True, dtype=bool))
+    """
+    faces = _dual.every_support(gram.shape[0], with_empty=True)
+    valid, mu = jax.vmap(lambda face: _cone.support_solve(face, gram, linear))(faces)
+    objective = 0.5 * jnp.einsum("si,ij,sj->s", mu, gram, mu) + mu @ linear
+    return mu[_best(valid, objective)], jnp.any(valid)
+
+
 def project_by_enumeration(gram: jax.Array, coefficients: jax.Array) -> jax.Array:
     """:func:`camegrad_jax._cone.project_onto_dual_cone` without a loop (K ≤ 8).
 
     The non-negative least-squares problem :math:`\\min_{\\mu \\ge 0} \\tfrac12 \\mu^\\top G
-    \\mu + \\mu^\\top G c` is solved exactly on each of the 2^K supports (the empty one too:
-    maybe nothing conflicts), and the valid solution of least objective is kept.
+    \\mu + \\mu^\\top G c` is solved by :func:`nonnegative_quadratic` (maybe nothing conflicts:
+    the empty support is one of the candidates).
     """
     trace = jnp.trace(gram)
     normalised = gram / jnp.where(trace > 0, trace, 1.0)
-    linear = normalised @ coefficients
-    faces = _dual.every_support(gram.shape[0], with_empty=True)
-    valid, mu = jax.vmap(lambda face: _cone.support_solve(face, normalised, linear))(faces)
-    objective = 0.5 * jnp.einsum("si,ij,sj->s", mu, normalised, mu) + mu @ linear
-    return coefficients + mu[_best(valid, objective)]
+    mu, _ = nonnegative_quadratic(normalised, normalised @ coefficients)
+    return coefficients + mu
 
 
 def solve_by_enumeration(

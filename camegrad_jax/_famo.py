@@ -109,7 +109,7 @@ def famo(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from camegrad_jax._famo import famo
+      >>> from camegrad_jax import famo
       >>> tx = famo(num_tasks=2)
       >>> params = jnp.zeros(2)
       >>> grads = jnp.array([[1.0, 0.0], [0.0, 1.0]])

@@ -98,7 +98,7 @@ def gradnorm(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from camegrad_jax._gradnorm import gradnorm
+      >>> from camegrad_jax import gradnorm
       >>> tx = gradnorm(alpha=1.5, learning_rate=0.1, num_tasks=2)
       >>> params = jnp.zeros(2)
       >>> grads = jnp.array([[3.0, 0.0], [0.0, 1.0]])  # gradient norms 3 and 1

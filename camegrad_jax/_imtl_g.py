@@ -69,7 +69,7 @@ def imtl_g(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from camegrad_jax._imtl_g import imtl_g
+      >>> from camegrad_jax import imtl_g
       >>> tx = imtl_g(num_tasks=2)
       >>> grads = {"w": jnp.array([[1.0, 0.0], [0.0, 3.0]])}
       >>> updates, state = tx.update(grads, tx.init({"w": jnp.zeros(2)}))

@@ -36,7 +36,7 @@ def linear_scalarization(
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` that must come first in a chain;
-      ``update`` takes leaves of shape (K, *param_shape) and returns params-shaped updates.
+      ``update`` takes leaves of shape ``(K, *param_shape)`` and returns params-shaped updates.
 
     Examples:
       >>> import jax.numpy as jnp

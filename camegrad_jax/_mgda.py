@@ -30,19 +30,19 @@ class MGDAState(NamedTuple):
     duality_gap: jax.Array  # () float32, certified sub-optimality (relative to the trace).
 
 
-def _normalisers(normalization, weighted, task_weights, extra_args, dtype):
+def _normalisers(normalization, weighted, task_weights, losses, dtype):
     """n_i of the official code's ``gradient_normalizers``, for the weighted tasks λ_i L_i."""
     if normalization == "none":
         return jnp.ones_like(task_weights)
     norms = jnp.sqrt(jnp.maximum(jnp.diagonal(weighted), 0.0))
     if normalization == "l2":
         return norms
-    if "value" not in extra_args:
+    if losses is None:
         raise ValueError(
             f"mgda with `normalization = {normalization!r}` needs the task losses: pass "
             "`value=losses` (shape (K,)) to `update`."
         )
-    losses = jnp.asarray(extra_args["value"], dtype)
+    losses = jnp.asarray(losses, dtype)
     if losses.shape != task_weights.shape:
         raise ValueError(
             f"mgda: `value` should hold one loss per task, shape {task_weights.shape}; found "
@@ -50,6 +50,83 @@ def _normalisers(normalization, weighted, task_weights, extra_args, dtype):
         )
     weighted_losses = task_weights * losses
     return weighted_losses if normalization == "loss" else weighted_losses * norms
+
+
+class MGDAWeights(NamedTuple):
+    """MGDA's K × K part: everything but the pass over the gradients."""
+
+    coefficients: jax.Array  # (K,) on the raw gradients: the update is Σ_i coefficients_i g_i.
+    dual_weights: jax.Array  # (K,) min-norm weights w* of the normalised weighted gradients.
+    min_norm: jax.Array  # () ‖Σ_i w*_i ĥ_i‖.
+    solver_iterations: jax.Array  # () int32.
+    solver_error: jax.Array  # () the iterative solver's residual.
+    duality_gap: jax.Array  # () certified sub-optimality (relative to the trace).
+
+
+def mgda_weights(
+    gram: jax.Array,
+    *,
+    normalization: Normalization = "none",
+    losses: jax.Array | None = None,
+    task_weights: Any = None,
+    init_weights: jax.Array | None = None,
+    solver: _dual.Solver = "jaxopt",
+    solver_tol: float | None = None,
+    solver_maxiter: int = 200,
+) -> MGDAWeights:
+    r"""MGDA's coefficients from the Gram matrix of the raw task gradients.
+
+    The min-norm point of the convex hull of the normalised weighted gradients
+    :math:`\hat h_i = \lambda_i g_i / n_i` (see :func:`mgda` for :math:`n_i`), applied to the
+    weighted gradients :math:`h_i`, as the official code does.
+
+    Args:
+      gram: (K, K) Gram matrix of the *unweighted* task gradients (the same convention as
+        :func:`camegrad_weights`).
+      normalization: ``"none"``, ``"l2"``, ``"loss"`` or ``"loss+"`` (see :func:`mgda`).
+      losses: (K,) loss values, needed by ``"loss"`` and ``"loss+"``.
+      task_weights: (K,) static weights λ (default all ones).
+      init_weights: (K,) warm start on the simplex (default uniform).
+      solver, solver_tol, solver_maxiter: see :func:`camegrad_jax.solve_dual`.
+
+    Returns:
+      :class:`MGDAWeights`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from camegrad_jax import mgda_weights
+      >>> gram = jnp.array([[1.0, 0.0], [0.0, 4.0]])  # orthogonal, norms 1 and 2
+      >>> mgda_weights(gram).coefficients  # the min-norm point weighs the shorter one more
+      Array([0.8, 0.2], dtype=float32)
+    """
+    num_tasks = gram.shape[0]
+    dtype = gram.dtype
+    weights = _validation.weights_vector(task_weights, num_tasks, dtype)
+    if init_weights is None:
+        init_weights = jnp.full((num_tasks,), 1.0 / num_tasks, dtype)
+    weighted = _gram.weighted_gram(gram, weights)
+    normalisers = _normalisers(normalization, weighted, weights, losses, dtype)
+    inverse = jnp.where(normalisers > 0, 1.0 / jnp.where(normalisers > 0, normalisers, 1), 0)
+    normalised, trace = _gram.trace_normalise(_gram.weighted_gram(weighted, inverse))
+    solution = _dual.solve_dual(
+        normalised,
+        jnp.asarray(1.0, dtype),
+        init_weights,
+        solver=solver,
+        tol=solver_tol,
+        maxiter=solver_maxiter,
+        centre=jnp.zeros((num_tasks,), dtype),
+    )
+    min_weights = solution.weights
+    return MGDAWeights(
+        # As the official code: w* found on the normalised gradients weighs the weighted ones.
+        coefficients=min_weights * weights,
+        dual_weights=min_weights,
+        min_norm=jnp.sqrt(jnp.maximum(min_weights @ normalised @ min_weights * trace, 0.0)),
+        solver_iterations=solution.iterations,
+        solver_error=solution.solver_error,
+        duality_gap=solution.duality_gap,
+    )
 
 
 def mgda(
@@ -114,7 +191,7 @@ def mgda(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from camegrad_jax._mgda import mgda
+      >>> from camegrad_jax import mgda
       >>> tx = mgda(num_tasks=2)
       >>> grads = {"w": jnp.array([[1.0, 0.0], [0.0, 2.0]])}
       >>> updates, state = tx.update(grads, tx.init({"w": jnp.zeros(2)}))
@@ -143,32 +220,19 @@ def mgda(
         )
 
     def weighting(gram, state: MGDAState, weights, **extra_args) -> WeightingResult:
-        dtype = gram.dtype
-        weighted = _gram.weighted_gram(gram, weights)
-        normalisers = _normalisers(normalization, weighted, weights, extra_args, dtype)
-        inverse = jnp.where(normalisers > 0, 1.0 / jnp.where(normalisers > 0, normalisers, 1), 0)
-        normalised, trace = _gram.trace_normalise(_gram.weighted_gram(weighted, inverse))
-        num_tasks = gram.shape[0]
-        solution = _dual.solve_dual(
-            normalised,
-            jnp.asarray(1.0, dtype),
-            state.dual_weights,
+        result = mgda_weights(
+            gram,
+            normalization=normalization,
+            losses=extra_args.get("value"),
+            task_weights=weights,
+            init_weights=state.dual_weights,
             solver=solver,
-            tol=solver_tol,
-            maxiter=solver_maxiter,
-            centre=jnp.zeros((num_tasks,), dtype),
+            solver_tol=solver_tol,
+            solver_maxiter=solver_maxiter,
         )
-        min_weights = solution.weights
-        new_state = MGDAState(
-            dual_weights=min_weights,
-            min_norm=jnp.sqrt(jnp.maximum(min_weights @ normalised @ min_weights * trace, 0.0)),
-            solver_iterations=solution.iterations,
-            solver_error=solution.solver_error,
-            duality_gap=solution.duality_gap,
-        )
-        # As the official code: w* found on the normalised gradients weighs the weighted ones.
+        new_state = MGDAState(*result[1:])
         coefficients, new_state = _gram.guard_non_finite(
-            gram, min_weights * weights, new_state, state
+            gram, result.coefficients, new_state, state
         )
         return WeightingResult(coefficients, new_state)
 

@@ -199,7 +199,7 @@ def mmpareto(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from camegrad_jax._mmpareto import mmpareto
+      >>> from camegrad_jax import mmpareto
       >>> tx = mmpareto(gamma=1.5, num_tasks=2)
       >>> params = jnp.zeros(2)
       >>> grads = jnp.array([[1.0, 0.0], [-1.0, 1.0]])  # conflicting: min-norm direction

@@ -157,7 +157,7 @@ def nash_mtl(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from camegrad_jax._nash_mtl import nash_mtl
+      >>> from camegrad_jax import nash_mtl
       >>> tx = nash_mtl(max_norm=0.0, num_tasks=2)
       >>> grads = {"w": jnp.array([[1.0, 0.0], [0.0, 4.0]])}
       >>> updates, state = tx.update(grads, tx.init({"w": jnp.zeros(2)}))

@@ -108,7 +108,7 @@ def pcgrad(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from camegrad_jax._pcgrad import pcgrad
+      >>> from camegrad_jax import pcgrad
       >>> tx = pcgrad(num_tasks=2)
       >>> grads = {"w": jnp.array([[1.0, 0.0], [-1.0, 1.0]])}
       >>> updates, state = tx.update(grads, tx.init({"w": jnp.zeros(2)}))

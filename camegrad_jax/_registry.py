@@ -20,6 +20,9 @@ row here and its tests (``tests/test_<name>.py``). A row's fields:
   ``value``; ``"representation_grads"``);
 * ``example_kwargs``: values for the factory's required arguments that a run supplies from its
   own setting (DWA's ``epoch_length``), used where a row is built without that setting;
+* ``min_tasks``: the fewest tasks the method is defined for with its ``example_kwargs`` (Krum
+  needs ``n_byzantine + 3``); the two-task suites and the two-task trainer leave out the rows
+  above 2 (:func:`registered_methods` with ``task_count``), and the method's own tests run it;
 * ``paper_hyper``: which of CAME-Grad's ``c``, ``gamma``, ``alpha`` the factory takes (the
   trainer's configuration passes only these);
 * ``schedulable``: a numeric hyper-parameter and a valid value, for ``optax.inject_hyperparams``;
@@ -45,21 +48,32 @@ import optax
 from camegrad_jax._aligned_mtl import aligned_mtl
 from camegrad_jax._cagrad import cagrad
 from camegrad_jax._camegrad import camegrad
+from camegrad_jax._config import config
+from camegrad_jax._cr_mogm import cr_mogm
+from camegrad_jax._db_mtl import db_mtl
+from camegrad_jax._dualproj import dualproj
 from camegrad_jax._dwa import dwa
 from camegrad_jax._famo import famo
 from camegrad_jax._geometric_mean import geometric_mean
+from camegrad_jax._graddrop import graddrop
 from camegrad_jax._gradnorm import gradnorm
+from camegrad_jax._gradvac import gradvac
 from camegrad_jax._imtl_g import imtl_g
 from camegrad_jax._imtl_l import imtl_l
+from camegrad_jax._krum import krum
 from camegrad_jax._linear import linear_scalarization
 from camegrad_jax._mgda import mgda
 from camegrad_jax._mmpareto import mmpareto
+from camegrad_jax._moco import moco
 from camegrad_jax._nash_mtl import nash_mtl
+from camegrad_jax._pcd import pcd
 from camegrad_jax._pcgrad import pcgrad
 from camegrad_jax._rlw import rlw
 from camegrad_jax._rotograd import rotograd_scaling
 from camegrad_jax._scale_invariant import scale_invariant
 from camegrad_jax._stch import stch
+from camegrad_jax._stgu import stgu
+from camegrad_jax._trimmed_mean import trimmed_mean
 from camegrad_jax._uncertainty_weighting import uncertainty_weighting
 from camegrad_jax._upgrad import upgrad
 
@@ -82,6 +96,7 @@ class MethodInfo:
     inputs: tuple[str, ...] = ()
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     example_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    min_tasks: int = 1
     paper_hyper: tuple[str, ...] = ()
     schedulable: tuple[str, float] | None = None
     variant_of: str | None = None
@@ -252,6 +267,88 @@ METHODS: tuple[MethodInfo, ...] = (
         tested_against="`scipy.optimize.nnls` projections",
     ),
     MethodInfo(
+        "dualproj",
+        dualproj,
+        "gram",
+        title="DualProj (GEM's projection, NeurIPS 2017)",
+        reference="https://arxiv.org/abs/1706.08840",
+        torchjd="DualProj",
+        tested_against="`scipy.optimize.nnls` projection; torchjd's values from its regularised QP",
+    ),
+    MethodInfo(
+        "config",
+        config,
+        "gram",
+        title="ConFIG (ICLR 2025)",
+        reference="https://arxiv.org/abs/2408.11104",
+        torchjd="ConFIG",
+        tested_against="the official least-squares and two-task updates in NumPy",
+    ),
+    MethodInfo(
+        "gradvac",
+        gradvac,
+        "gram",
+        title="GradVac (ICLR 2021)",
+        reference="https://openreview.net/forum?id=F1vEjWK-lH_",
+        schedulable=("beta", 0.1),
+        libmtl="GradVac",
+        tested_against="Algorithm 1 in NumPy over steps, per model, layer and user group",
+    ),
+    MethodInfo(
+        "krum",
+        krum,
+        "gram",
+        title="Krum / Multi-Krum (NeurIPS 2017)",
+        reference="https://proceedings.neurips.cc/paper/2017/hash/"
+        "f4b9ec30ad9f68f89b29639786cb62ef-Abstract.html",
+        example_kwargs={"n_byzantine": 0},
+        min_tasks=3,
+        torchjd="Krum",
+        tested_against="the paper's rule in NumPy",
+    ),
+    MethodInfo(
+        "trimmed_mean",
+        trimmed_mean,
+        "gradient",
+        title="Trimmed mean (ICML 2018)",
+        reference="https://proceedings.mlr.press/v80/yin18a.html",
+        example_kwargs={"trim_number": 0},
+        torchjd="TrimmedMean",
+        tested_against="NumPy's sort, coordinate by coordinate",
+    ),
+    MethodInfo(
+        "graddrop",
+        graddrop,
+        "gradient",
+        title="GradDrop (NeurIPS 2020)",
+        reference="https://arxiv.org/abs/2010.06808",
+        schedulable=("leak", 0.2),
+        torchjd="GradDrop",
+        libmtl="GradDrop",
+        tested_against="Algorithm 1 in NumPy with the key schedule's draws",
+    ),
+    MethodInfo(
+        "cr_mogm",
+        cr_mogm,
+        "gram",
+        title="CR-MOGM over MGDA (NeurIPS 2022)",
+        reference="https://proceedings.neurips.cc/paper_files/paper/2022/file/"
+        "f91bd64a3620aad8e70a27ad9cb3ca57-Paper-Conference.pdf",
+        schedulable=("alpha", 0.9),
+        torchjd="`CRMOGMWeighting`",
+        tested_against="moving average of SciPy SLSQP min-norm weights",
+    ),
+    MethodInfo(
+        "pcd",
+        pcd,
+        "gram",
+        title="PCD (TMLR 2026)",
+        reference="https://openreview.net/forum?id=HT01yGHLEt",
+        schedulable=("tau", 0.02),
+        torchjd="PCD",
+        tested_against="torchjd's fixed values, the two-task closed form, SciPy SLSQP",
+    ),
+    MethodInfo(
         "mmpareto",
         mmpareto,
         "gradient",
@@ -259,6 +356,28 @@ METHODS: tuple[MethodInfo, ...] = (
         reference="https://arxiv.org/abs/2405.17730",
         schedulable=("gamma", 1.5),
         tested_against="the official training step in NumPy",
+    ),
+    MethodInfo(
+        "db_mtl",
+        db_mtl,
+        "gradient",
+        title="DB-MTL (2023)",
+        reference="https://arxiv.org/abs/2308.12029",
+        inputs=("value",),
+        schedulable=("beta", 0.9),
+        libmtl="DB_MTL",
+        tested_against="LibMTL's `DB_MTL` in NumPy",
+    ),
+    MethodInfo(
+        "moco",
+        moco,
+        "gradient",
+        title="MoCo (ICLR 2023)",
+        reference="https://openreview.net/forum?id=dLAYGdKTi2",
+        inputs=("value",),
+        schedulable=("gamma", 0.1),
+        libmtl="MoCo",
+        tested_against="LibMTL's `MoCo` and the paper's Algorithm 1 in NumPy",
     ),
     MethodInfo(
         "uncertainty_weighting",
@@ -372,6 +491,15 @@ METHODS: tuple[MethodInfo, ...] = (
         inputs=("representation_grads",),
         tested_against="SciPy `expm_frechet` for the rotation loss",
     ),
+    MethodInfo(
+        "stgu",
+        stgu,
+        "step",
+        title="STGU (ICLR 2025), as a training step `stgu(loss_fn, optimizer).step`",
+        reference="https://arxiv.org/abs/2502.11986",
+        tested_against="the official training loop and scikit-learn's affinity propagation, "
+        "transcribed in NumPy",
+    ),
 )
 
 _BY_NAME = {info.name: info for info in METHODS}
@@ -399,6 +527,7 @@ def registered_methods(
     kinds: tuple[str, ...] = KINDS,
     inputs: tuple[str, ...] = KNOWN_INPUTS,
     variants: bool = True,
+    task_count: int | None = None,
 ) -> tuple[MethodInfo, ...]:
     """The rows of the given kinds whose update needs no input outside ``inputs``.
 
@@ -407,6 +536,8 @@ def registered_methods(
       inputs: the extra ``update`` arguments the caller can supply (default all known); e.g.
         ``("value",)`` for a loop that passes ``value=losses`` and nothing else.
       variants: whether to keep ablations and variants of another row.
+      task_count: keep only the rows defined for this many tasks (``min_tasks ≤ task_count``);
+        None keeps every row. (Not ``num_tasks``: that name marks a method factory.)
     """
     bad = [k for k in kinds if k not in KINDS]
     if bad:
@@ -417,6 +548,7 @@ def registered_methods(
         if info.kind in kinds
         and set(info.inputs) <= set(inputs)
         and (variants or info.variant_of is None)
+        and (task_count is None or info.min_tasks <= task_count)
     )
 
 

@@ -80,7 +80,7 @@ def rlw(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from camegrad_jax._rlw import rlw
+      >>> from camegrad_jax import rlw
       >>> tx = rlw(seed=0, num_tasks=3)
       >>> params = jnp.zeros(2)
       >>> _, state = tx.update(jnp.ones((3, 2)), tx.init(params), params)

@@ -211,7 +211,7 @@ def rotograd_scaling(
       >>> import jax, jax.numpy as jnp, optax
       >>> from flax import nnx
       >>> import camegrad_jax as cg
-      >>> from camegrad_jax._rotograd import RotoGrad, Rotation, rotograd_scaling
+      >>> from camegrad_jax import RotoGrad, Rotation, rotograd_scaling
       >>> x = jax.random.normal(jax.random.key(0), (8, 3))
       >>> targets = jnp.stack([x.sum(1), -x[:, 0]])
       >>> rotograd = RotoGrad(num_tasks=2, rotation_size=4)

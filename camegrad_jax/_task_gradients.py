@@ -46,14 +46,15 @@ def task_gradients(
       loss_fn: function of ``params`` returning the (K,) loss vector.
       params: the pytree to differentiate with respect to (e.g. the ``nnx.Param`` state of a
         Flax NNX model after ``nnx.split``, or Linen ``variables['params']``).
-      *args, **kwargs: passed to ``loss_fn``.
+      *args: passed to ``loss_fn``.
+      **kwargs: passed to ``loss_fn``.
       has_aux: ``loss_fn`` returns ``(losses, aux)``.
       chunk_size: compute the K backward passes in chunks of this many tasks (``lax.map``),
-        trading speed for memory when K × |params| does not fit; the result is the same.
+        trading speed for memory when ``K × |params|`` does not fit; the result is the same.
 
     Returns:
       ``(losses, grads)``, or ``((losses, aux), grads)`` with ``has_aux`` — the same layout
-      as ``jax.value_and_grad``. Every leaf of ``grads`` has shape (K, *leaf.shape).
+      as ``jax.value_and_grad``. Every leaf of ``grads`` has shape ``(K, *leaf.shape)``.
 
     Examples:
       >>> import jax.numpy as jnp

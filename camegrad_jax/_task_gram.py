@@ -86,7 +86,7 @@ def gram_from_products(
 def task_gram(
     loss_fn: Callable[..., Any], params: PyTree, *args: Any, has_aux: bool = False
 ) -> tuple[jax.Array, jax.Array] | tuple[jax.Array, jax.Array, Any]:
-    r"""The K task losses and the exact Gram matrix of their gradients, in O(|params|) memory.
+    r"""The K task losses and the exact Gram matrix of their gradients, in O(``|params|``) memory.
 
     .. math::
 
@@ -95,7 +95,7 @@ def task_gram(
 
     computed column by column, :math:`G_{:,i} = J (J^\top e_i)`: one VJP and one JVP per task
     under ``lax.map``, from a single forward pass (``jax.linearize``). Only one task gradient
-    exists at a time, so the peak memory does not grow with K, unlike the K × |params| stack of
+    exists at a time, so the peak memory does not grow with K, unlike the ``K × |params|`` stack of
     :func:`task_gradients`; the price is K extra tangent passes. The result equals the Gram
     matrix of the stacked gradients to round-off (in the parameters' precision, accumulated in at
     least float32).

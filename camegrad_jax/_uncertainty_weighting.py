@@ -85,7 +85,7 @@ def uncertainty_weighting(
     Examples:
       >>> import jax.numpy as jnp
       >>> import camegrad_jax as cg
-      >>> from camegrad_jax._uncertainty_weighting import uncertainty_weighting
+      >>> from camegrad_jax import uncertainty_weighting
       >>> tx = uncertainty_weighting(learning_rate=0.1, num_tasks=2)
       >>> params = jnp.zeros(2)
       >>> grads = jnp.array([[1.0, 0.0], [0.0, 1.0]])

@@ -73,7 +73,7 @@ def upgrad(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from camegrad_jax._upgrad import upgrad
+      >>> from camegrad_jax import upgrad
       >>> tx = upgrad(reduction="sum", num_tasks=2)
       >>> grads = {"w": jnp.array([[1.0, 0.0], [-1.0, 1.0]])}
       >>> updates, state = tx.update(grads, tx.init({"w": jnp.zeros(2)}))

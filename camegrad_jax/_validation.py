@@ -107,6 +107,27 @@ def check_positive_int(value: Any, name: str) -> Verdict:
     return True
 
 
+def check_non_negative_int(value: Any, name: str) -> Verdict:
+    """Raises unless `value` is an integer ≥ 0; see `Verdict` for traced values.
+
+    Examples:
+      >>> from camegrad_jax._validation import check_non_negative_int
+      >>> check_non_negative_int(-1, "f")
+      Traceback (most recent call last):
+      ...
+      ValueError: Parameter `f` should be a non-negative integer. Found `f = -1`.
+    """
+    _check_real_scalar(value, name, "a non-negative integer")
+    if is_traced(value):
+        return value >= 0
+    if int(value) != value or value < 0:
+        raise ValueError(
+            f"Parameter `{name}` should be a non-negative integer. "
+            f"Found `{name} = {_describe(value)}`."
+        )
+    return True
+
+
 def all_valid(*verdicts: Verdict) -> Verdict:
     """The conjunction of check verdicts: True when every value was concrete."""
     traced = [v for v in verdicts if v is not True]

@@ -3,7 +3,8 @@ the library's registry (`camegrad_jax.registered_methods`) whose update needs at
 values, plus a few variants that exercise other code paths of a row's factory.
 
 Rows needing other inputs are run by their own test files: `rotograd_scaling` needs the task
-gradients with respect to a shared representation (`tests/test_rotograd.py`).
+gradients with respect to a shared representation (`tests/test_rotograd.py`), and `krum` at least
+three tasks (`tests/test_krum.py`).
 """
 
 from __future__ import annotations
@@ -37,9 +38,12 @@ def from_registry(info: cg.MethodInfo) -> Method:
     return Method(info.name, info.factory, fixed, info.needs_values, info.schedulable)
 
 
+# The suites' problems have two tasks: rows that need more (Krum) run in their own test files.
 REGISTERED = [
     from_registry(info)
-    for info in cg.registered_methods(kinds=("gram", "gradient", "loss"), inputs=("value",))
+    for info in cg.registered_methods(
+        kinds=("gram", "gradient", "loss"), inputs=("value",), task_count=2
+    )
 ]
 
 # Other code paths of registered factories: the second dual solver, the diagnostics of the

@@ -101,7 +101,7 @@ def camegrad_update(
     enhance: bool = True,
     fuse: bool = True,
 ) -> np.ndarray:
-    """CAME-Grad in parameter space, line by line from design/algorithm.md (float64)."""
+    """CAME-Grad in parameter space, line by line from docs/algorithm.md (float64)."""
     grads = np.asarray(grads, np.float64)
     weights = np.ones(len(grads)) if task_weights is None else np.asarray(task_weights, float)
     h = weights[:, None] * grads

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import itertools
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import references
@@ -18,6 +19,7 @@ from gradient_method_checks import (
     run,
 )
 
+import camegrad_jax as cg
 from camegrad_jax._cagrad import cagrad
 
 DIM = 16
@@ -134,3 +136,19 @@ def test_bfloat16():
 def test_bad_hyperparameters_raise_named_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         cagrad(**kwargs)
+
+
+def test_gram_level_weighting_matches_the_official_update():
+    # `cagrad_weights` alone (no transformation): coefficients on the raw gradients whose sum is
+    # the official update, from G only.
+    rng = np.random.default_rng(7)
+    for c, rescale in [(0.4, 1), (2.0, 2), (0.0, 0)]:
+        grads = rng.normal(size=(NUM_TASKS, DIM))
+        weights = rng.uniform(0.5, 2.0, NUM_TASKS)
+        result = cg.cagrad_weights(
+            jnp.asarray(grads @ grads.T, jnp.float32), c=c, rescale=rescale, task_weights=weights
+        )
+        update = np.asarray(result.coefficients, np.float64) @ grads
+        assert rel_err(update, official_cagrad(weights[:, None] * grads, c, rescale)) <= 1e-4
+    poisoned = cg.cagrad_weights(jnp.array([[1.0, jnp.nan], [jnp.nan, 1.0]]))
+    assert np.all(np.isnan(np.asarray(poisoned.coefficients)))

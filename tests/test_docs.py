@@ -1,9 +1,11 @@
-"""The documentation runs: README code blocks fenced ```python, and every docstring example."""
+"""The documentation runs and holds together: the ```python blocks of the README and of the
+docs pages, every docstring example, the README's length and every relative link."""
 
 from __future__ import annotations
 
 import doctest
 import importlib
+import importlib.util
 import pkgutil
 import re
 from pathlib import Path
@@ -11,10 +13,18 @@ from pathlib import Path
 import pytest
 
 import camegrad_jax
+from camegrad_jax import _registry
 
 ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+README_MAX_LINES = 250
 # Blocks fenced ```python are complete programs; ```py marks fragments that need a model.
-README_BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+PYTHON_BLOCKS = [
+    (page, block)
+    for page in PAGES
+    for block in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+]
 CORE_MODULES = sorted(
     info.name
     for info in pkgutil.iter_modules(camegrad_jax.__path__, "camegrad_jax.")
@@ -23,12 +33,58 @@ CORE_MODULES = sorted(
 
 
 def test_readme_has_runnable_blocks():
-    assert README_BLOCKS
+    assert any(page == README for page, _ in PYTHON_BLOCKS)
 
 
-@pytest.mark.parametrize("index", range(len(README_BLOCKS)))
-def test_readme_block_runs(index):
-    exec(compile(README_BLOCKS[index], f"README.md block {index}", "exec"), {})
+@pytest.mark.parametrize(
+    "page, block",
+    PYTHON_BLOCKS,
+    ids=[f"{page.name}-{i}" for i, (page, _) in enumerate(PYTHON_BLOCKS)],
+)
+def test_python_block_runs(page, block):
+    exec(compile(block, f"{page.name} block", "exec"), {})
+
+
+def test_readme_is_a_front_page():
+    text = README.read_text()
+    assert len(text.splitlines()) <= README_MAX_LINES, "move details to a page of docs/"
+    # A Markdown table row cannot wrap: the generated method table is left out (its rows are as
+    # long as the registry's titles and references make them).
+    start, end = text.index(_registry.TABLE_START), text.index(_registry.TABLE_END)
+    prose = (text[:start] + text[end:]).splitlines()
+    assert [line[:60] for line in prose if len(line) > 200] == []
+
+
+def test_api_reference_is_generated_from_the_public_names():
+    spec = importlib.util.spec_from_file_location("generate", ROOT / "docs" / "generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    assert generate.api_reference() == generate.API_REFERENCE.read_text(), (
+        "run `python docs/generate.py`"
+    )
+
+
+def _heading_anchors(page: Path) -> set[str]:
+    # GitHub's and MyST's slugs: lower case, punctuation dropped, spaces to hyphens.
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    headings = re.findall(r"^#+ (.+)$", text, re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_relative_links_point_to_existing_files(page):
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):  # https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists():
+            broken.append(target)
+        elif anchor and linked.suffix == ".md" and anchor not in _heading_anchors(linked):
+            broken.append(target)
+    assert broken == [], f"{page.name} links to missing files or headings: {broken}"
 
 
 @pytest.mark.parametrize("module_name", CORE_MODULES)

@@ -16,6 +16,7 @@ from gradient_method_checks import (
     run,
 )
 
+import camegrad_jax as cg
 from camegrad_jax._mgda import mgda
 
 DIM = 16
@@ -154,3 +155,15 @@ def test_bfloat16():
 def test_bad_hyperparameters_raise_named_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         mgda(**kwargs)
+
+
+def test_gram_level_weighting_is_the_min_norm_point():
+    rng = np.random.default_rng(11)
+    for _ in range(3):
+        grads = rng.normal(size=(3, 8))
+        result = cg.mgda_weights(jnp.asarray(grads @ grads.T, jnp.float32))
+        expected = slsqp_min_norm(grads)
+        update = np.asarray(result.coefficients, np.float64) @ grads
+        assert np.linalg.norm(update - expected) <= 1e-4 * np.linalg.norm(expected)
+    with pytest.raises(ValueError, match="needs the task losses"):
+        cg.mgda_weights(jnp.eye(2), normalization="loss")

@@ -1,5 +1,5 @@
-"""The method registry is the one list: the README table, the test suites, the benchmarks and the
-CLI are all read from it, and no public method factory is missing from it."""
+"""The method registry is the one list: the README table, the method guide, the test suites, the
+benchmarks and the CLI are all read from it, and no public method factory is missing from it."""
 
 from __future__ import annotations
 
@@ -34,6 +34,16 @@ def test_readme_method_table_is_generated_from_the_registry():
         assert f"`{info.factory.__name__}`" in readme
 
 
+def test_method_guide_is_generated_from_the_registry():
+    spec = importlib.util.spec_from_file_location("generate", ROOT / "docs" / "generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    guide = generate.METHOD_GUIDE.read_text()
+    assert generate.method_guide() == guide, "run `python docs/generate.py`"
+    for info in cg.registered_methods():
+        assert f"`{info.name}`" in guide
+
+
 def test_every_public_method_factory_is_registered():
     # A method factory is a public callable that sizes per-task state: it takes `num_tasks`
     # (the generic builder aside).
@@ -63,7 +73,9 @@ def test_row_is_consistent_with_its_factory(info):
 
 
 def test_the_suites_the_cli_and_the_benchmarks_read_the_registry():
-    runnable = cg.registered_methods(kinds=("gram", "gradient", "loss"), inputs=("value",))
+    runnable = cg.registered_methods(
+        kinds=("gram", "gradient", "loss"), inputs=("value",), task_count=2
+    )
     assert {info.name for info in runnable} <= {m.name for m in SUITE_METHODS}
     assert set(MULTITASK_METHODS) >= {info.name for info in runnable}
     family = _benchmark_family()

@@ -7,6 +7,7 @@ default, or on IU X-Ray / MIMIC-CXR in the R2Gen ``annotation.json`` layout. The
 """
 
 from camegrad_jax.rrg.checkpoint import restore_checkpoint, save_checkpoint
+from camegrad_jax.rrg.chexbert import CheXbertLabeler
 from camegrad_jax.rrg.config import TASK_NAMES, TrainConfig
 from camegrad_jax.rrg.data import (
     DATASET_VIEWS,
@@ -25,13 +26,8 @@ from camegrad_jax.rrg.data import (
 from camegrad_jax.rrg.diagnostics import StepLog, step_diagnostics, summarize_step_log
 from camegrad_jax.rrg.evaluation import SELECTION_METRIC, evaluate_split, generate_reports
 from camegrad_jax.rrg.experiment import Setup, build_setup, make_train_step, update_samples
-from camegrad_jax.rrg.labeler import (
-    CheXbertLabeler,
-    LabelerAgreement,
-    check_labels,
-    label_reports,
-    labeler_agreement,
-)
+from camegrad_jax.rrg.labeler import label_reports
+from camegrad_jax.rrg.labeler_agreement import LabelerAgreement, check_labels, labeler_agreement
 from camegrad_jax.rrg.metrics import (
     auxiliary_head_metrics,
     clinical_efficacy_example_based,
@@ -66,6 +62,8 @@ from camegrad_jax.rrg.optim import (
     available_methods,
     build_multitask,
     build_optimizer,
+    build_step_method,
+    step_optimizer,
 )
 from camegrad_jax.rrg.synthetic import (
     SyntheticConfig,
@@ -125,6 +123,7 @@ __all__ = [
     "build_multitask",
     "build_optimizer",
     "build_setup",
+    "build_step_method",
     "check_labels",
     "classification_probs",
     "clean_report",
@@ -152,6 +151,7 @@ __all__ = [
     "save_checkpoint",
     "shared_parameter_mask",
     "step_diagnostics",
+    "step_optimizer",
     "summarize_step_log",
     "synthetic_dataset",
     "train",

@@ -133,7 +133,7 @@ def restore_checkpoint(
     save_dir: str | Path, kind: CheckpointKind, target: Any
 ) -> tuple[Any, dict[str, Any]]:
     """The ``kind`` checkpoint's state, restored into the structure of ``target`` (arrays or
-    ``jax.ShapeDtypeStruct``s), and its meta."""
+    ``jax.ShapeDtypeStruct`` leaves), and its meta."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     with _manager(save_dir, kind, create=False) as manager:
         step = _latest_step(manager, save_dir, kind)

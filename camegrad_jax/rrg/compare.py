@@ -191,6 +191,12 @@ class CompareConfig:
             outside = [m for m in noise if m not in self.methods]
             if outside:
                 raise ValueError(f"`noise_methods` {outside} are not among `methods`.")
+            steps = [m for m in noise if MULTITASK_METHODS[m].step]
+            if steps:
+                raise ValueError(
+                    f"`noise_methods` {steps} are training steps: they have no single update "
+                    "to sample."
+                )
         object.__setattr__(self, "noise_methods", noise)
         if noise and self.noise_batches < 2:
             raise ValueError(f"`noise_batches` should be >= 2. Found {self.noise_batches}.")

@@ -7,8 +7,11 @@
     updates, opt_state = tx.update(task_grads, opt_state, params, value=losses)
     params = optax.apply_updates(params, updates)
 
-with the dropout key ``fold_in(key(seed), step)``. :func:`update_samples` evaluates the
-multi-task method alone at fixed parameters, for measurements of the update noise.
+with the dropout key ``fold_in(key(seed), step)``. A training-step method (STGU) replaces the
+three lines with its own step, ``params, opt_state, info = stgu.step(params, opt_state, rest,
+batch, key)``, after the learning rate of its AdamW is set from the schedule.
+:func:`update_samples` evaluates the multi-task method alone at fixed parameters, for
+measurements of the update noise.
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ from camegrad_jax.rrg.optim import (
     MULTITASK_METHODS,
     build_multitask,
     build_optimizer,
+    build_step_method,
     learning_rate_schedule,
     multitask_options,
+    step_optimizer,
 )
 from camegrad_jax.rrg.synthetic import synthetic_dataset
 from camegrad_jax.rrg.tokenizer import Tokenizer
@@ -95,9 +100,11 @@ class Setup:
       shared_mask: True for the visual encoder's parameters, the only ones both losses share.
       steps_per_epoch: training steps per epoch (the last partial batch is dropped).
       schedule: the learning rate by step.
-      multitask: the multi-task transformation (first member of ``tx``).
+      multitask: the multi-task transformation (first member of ``tx``), or the training
+        step of a step method (`camegrad_jax.STGU`).
       multitask_options: the keyword arguments it was built with.
-      tx: the whole optimizer chain.
+      tx: the whole optimizer chain; for a step method, the step itself (its ``init`` gives
+        the optimizer state).
     """
 
     config: TrainConfig
@@ -108,9 +115,9 @@ class Setup:
     shared_mask: nnx.State
     steps_per_epoch: int
     schedule: optax.Schedule
-    multitask: optax.GradientTransformationExtraArgs
+    multitask: optax.GradientTransformationExtraArgs | camegrad_jax.STGU
     multitask_options: Mapping[str, Any]
-    tx: optax.GradientTransformationExtraArgs
+    tx: optax.GradientTransformationExtraArgs | camegrad_jax.STGU
 
     @property
     def total_steps(self) -> int:
@@ -171,15 +178,27 @@ def build_setup(
     context = {"seed": config.seed, "epoch_length": steps_per_epoch}
     options = multitask_options(config.optimizer, hyper, context)
     options.update(config.method_options)
-    multitask = build_multitask(
-        config.optimizer,
-        num_tasks=len(TASK_NAMES),
-        task_weights=list(config.task_weights),
-        shared_mask=shared_mask,
-        **options,
-    )
-    clip = config.baseline_clip if MULTITASK_METHODS[config.optimizer].baseline else None
-    tx = build_optimizer(multitask, params, schedule, weight_decay=config.weight_decay, clip=clip)
+    if MULTITASK_METHODS[config.optimizer].step:
+        multitask = tx = build_step_method(
+            config.optimizer,
+            _step_loss_fn(graphdef),
+            step_optimizer(params, weight_decay=config.weight_decay),
+            num_tasks=len(TASK_NAMES),
+            task_weights=list(config.task_weights),
+            **options,
+        )
+    else:
+        multitask = build_multitask(
+            config.optimizer,
+            num_tasks=len(TASK_NAMES),
+            task_weights=list(config.task_weights),
+            shared_mask=shared_mask,
+            **options,
+        )
+        clip = config.baseline_clip if MULTITASK_METHODS[config.optimizer].baseline else None
+        tx = build_optimizer(
+            multitask, params, schedule, weight_decay=config.weight_decay, clip=clip
+        )
     return Setup(
         config=config,
         dataset=dataset,
@@ -193,6 +212,15 @@ def build_setup(
         multitask_options=options,
         tx=tx,
     )
+
+
+def _step_loss_fn(graphdef: nnx.GraphDef) -> Callable[..., jax.Array]:
+    """The losses a training-step method evaluates: ``loss_fn(params, rest, batch, key)``."""
+
+    def loss_fn(params, rest, batch, key):
+        return loss_vector(graphdef, params, rest, batch, train=True, dropout_key=key)
+
+    return loss_fn
 
 
 def _dropout_key(seed: jax.Array, step: jax.Array) -> jax.Array:
@@ -219,7 +247,24 @@ def make_train_step(
     ``tx`` is any optax transformation over stacked per-task gradients (leading axis of size
     2); it receives ``value=losses``. ``diag`` holds `step_diagnostics` and the learning rate.
     ``params`` and ``opt_state`` are donated.
+
+    ``tx`` may instead be a training-step method (`camegrad_jax.STGU`, built by `build_setup`
+    around `step_optimizer`): its AdamW's learning rate is set to ``schedule(step)``, the step
+    runs with the batch's dropout key, and ``diag`` holds the losses at the step's starting
+    parameters, the number of task groups and the learning rate.
     """
+
+    def stgu_step(params, opt_state, rest, batch, step, seed):
+        key = _dropout_key(seed, step)
+        learning_rate = schedule(step)
+        adamw = opt_state.opt_state
+        hyperparams = {**adamw.hyperparams, "learning_rate": learning_rate}
+        opt_state = opt_state._replace(opt_state=adamw._replace(hyperparams=hyperparams))
+        params, opt_state, info = tx.step(params, opt_state, rest, batch, key)
+        diagnostics = step_diagnostics(info.losses, opt_state)
+        diagnostics["num_groups"] = opt_state.num_groups
+        diagnostics["learning_rate"] = learning_rate
+        return params, opt_state, diagnostics
 
     def train_step(params, opt_state, rest, batch, step, seed):
         key = _dropout_key(seed, step)
@@ -234,7 +279,8 @@ def make_train_step(
         diagnostics["learning_rate"] = schedule(step)
         return params, opt_state, diagnostics
 
-    return functools.partial(jax.jit(train_step, donate_argnums=(0, 1)), seed=_seed_argument(seed))
+    step_fn = stgu_step if isinstance(tx, camegrad_jax.STGU) else train_step
+    return functools.partial(jax.jit(step_fn, donate_argnums=(0, 1)), seed=_seed_argument(seed))
 
 
 def _fold_in_keys(node: Any, index: jax.Array) -> Any:
@@ -285,6 +331,11 @@ def update_samples(
     Returns:
       float32 ``(num_batches, P)``; P counts all parameters, or the shared ones.
     """
+    if isinstance(setup.multitask, camegrad_jax.STGU):
+        raise ValueError(
+            f"{setup.config.optimizer!r} is a training step: it updates the parameters once per "
+            "task group and has no single update to sample."
+        )
     rest = setup.rest if rest is None else rest
     state = setup.multitask.init(params) if multitask_state is None else multitask_state
     keep = jax.tree.leaves(setup.shared_mask) if shared_only else None

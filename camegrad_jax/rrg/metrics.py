@@ -44,7 +44,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from camegrad_jax.rrg.labeler import check_labels, label_reports
+from camegrad_jax.rrg.labeler import label_reports
+from camegrad_jax.rrg.labeler_agreement import check_labels
 from camegrad_jax.rrg.observations import (
     NUM_LABEL_CLASSES,
     NUM_OBSERVATIONS,

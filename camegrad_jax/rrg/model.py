@@ -701,8 +701,9 @@ def greedy_decode(model: RRGModel, images: jax.Array, max_len: int | None = None
       max_len: length of the output, BOS included; defaults to `config.max_len`.
 
     Returns:
-      int32 (B, max_len): `[BOS, w1, ..., EOS, PAD, ...]`; a report that reaches `max_len`
-      without EOS fills every position. PAD and BOS are never generated.
+      The token ids, int32 of shape (B, max_len), laid out as `[BOS, w1, ..., EOS, PAD, ...]`;
+      a report that reaches `max_len` without EOS fills every position. PAD and BOS are never
+      generated.
     """
     max_len = _check_decode_length(model, max_len)
     batch = images.shape[0]

@@ -7,6 +7,10 @@ arguments that name always passes; it is read from the library's registry
 
     optax.chain(multitask, [optax.clip(0.1) for "linear" only], optax.adamw(schedule, ...))
 
+A training-step method (registry kind ``"step"``: STGU) is not a transformation:
+:func:`build_step_method` builds it around :func:`step_optimizer`, the same AdamW, whose learning
+rate the train step sets once per batch.
+
 The multi-task transformation is first, as it must be: it turns gradients with a leading task
 axis into one update. The element-wise clip sits on the baseline path only, as in the public
 CAME-Grad code (which clips the scalarised gradient and hands CAME-Grad's update to AdamW
@@ -32,9 +36,11 @@ __all__ = [
     "available_methods",
     "build_multitask",
     "build_optimizer",
+    "build_step_method",
     "check_method_options",
     "learning_rate_schedule",
     "multitask_options",
+    "step_optimizer",
     "weight_decay_mask",
 ]
 
@@ -51,12 +57,17 @@ class MultitaskMethod:
         takes; the trainer passes only these.
       baseline: the scalarised baseline, whose combined gradient gets the baseline's
         element-wise clip.
+      step: a training step (:func:`build_step_method`), not an optax transformation.
+      defaults: values of the factory's required arguments that the run's own settings
+        (``seed``, ``epoch_length``, ``method_options``) replace when they give them.
     """
 
     factory: str
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     hyper: tuple[str, ...] = ()
     baseline: bool = False
+    step: bool = False
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def resolve(self) -> Callable[..., optax.GradientTransformation] | None:
         return getattr(camegrad_jax, self.factory, None)
@@ -67,22 +78,28 @@ def _from_registry(info: camegrad_jax.MethodInfo) -> MultitaskMethod:
     if info.baseline:
         # Diagnostics on, so the baseline records the same gradient statistics as every method.
         fixed["diagnostics"] = True
-    return MultitaskMethod(info.factory.__name__, fixed, info.paper_hyper, info.baseline)
+    return MultitaskMethod(
+        info.factory.__name__,
+        fixed,
+        info.paper_hyper,
+        info.baseline,
+        step=info.kind == "step",
+        defaults=dict(info.example_kwargs),
+    )
 
 
-# Every transformation of the library's registry whose update needs at most the losses (the
-# trainer passes ``value=losses`` and nothing else).
+# Every row of the library's registry whose update needs at most the losses (the trainer passes
+# ``value=losses`` and nothing else) and that is defined for the reference model's two tasks,
+# the training steps included.
 MULTITASK_METHODS: dict[str, MultitaskMethod] = {
     info.name: _from_registry(info)
-    for info in camegrad_jax.registered_methods(
-        kinds=("gram", "gradient", "loss"), inputs=("value",)
-    )
+    for info in camegrad_jax.registered_methods(inputs=("value",), task_count=2)
 }
 
 # Arguments the trainer supplies to the factories that accept them (by their signature).
 _CONTEXT_ARGUMENTS = ("seed", "epoch_length")
 # Arguments `build_multitask` always passes: not options a user may set.
-_SETUP_ARGUMENTS = ("num_tasks", "task_weights", "shared_mask")
+_SETUP_ARGUMENTS = ("num_tasks", "task_weights", "shared_mask", "loss_fn", "optimizer")
 
 
 def available_methods() -> tuple[str, ...]:
@@ -138,12 +155,47 @@ def build_multitask(
       Array([1., 4.], dtype=float32)
     """
     method, factory = _method(name)
+    if method.step:
+        raise ValueError(
+            f"Multi-task method {name!r} is a training step, not a transformation: build it "
+            "with `build_step_method`."
+        )
     return factory(
         num_tasks=num_tasks,
         task_weights=task_weights,
         shared_mask=shared_mask,
+        **{**method.defaults, **method.fixed, **hyper},
+    )
+
+
+def build_step_method(
+    name: str,
+    loss_fn: Callable[..., jax.Array],
+    optimizer: optax.GradientTransformation,
+    num_tasks: int = 2,
+    task_weights: Any = None,
+    **options: Any,
+) -> camegrad_jax.STGU:
+    """The training-step method registered as ``name`` (registry kind ``"step"``).
+
+    Args:
+      name: a key of `MULTITASK_METHODS` whose entry has ``step``.
+      loss_fn: ``loss_fn(params, *args) -> (K,)`` task losses.
+      optimizer: the optimizer each of its parameter updates applies (`step_optimizer`).
+      num_tasks: K.
+      task_weights: static weights λ, one per task.
+      **options: further keyword arguments of the factory.
+    """
+    method, factory = _method(name)
+    if not method.step:
+        raise ValueError(f"Multi-task method {name!r} is a transformation: use `build_multitask`.")
+    return factory(
+        loss_fn,
+        optimizer,
+        num_tasks=num_tasks,
+        task_weights=task_weights,
         **method.fixed,
-        **hyper,
+        **options,
     )
 
 
@@ -235,6 +287,20 @@ def weight_decay_mask(params: Any) -> Any:
     """True for the parameters AdamW decays: matrices and conv kernels (``ndim >= 2``); not
     biases, norm scales or other vectors, as the public CAME-Grad code groups them."""
     return jax.tree.map(lambda leaf: leaf.ndim >= 2, params)
+
+
+def step_optimizer(params: Any, *, weight_decay: float) -> optax.GradientTransformation:
+    """The AdamW of `build_optimizer` (no clip) for a training-step method, with its learning
+    rate a hyper-parameter in the state (``optax.inject_hyperparams``): the train step sets it
+    from the schedule once per batch, however many parameter updates the method makes, as the
+    official STGU code steps its scheduler once per batch."""
+    return optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
+        learning_rate=0.0,
+        b1=0.9,
+        b2=0.999,
+        weight_decay=weight_decay,
+        mask=weight_decay_mask(params),
+    )
 
 
 def build_optimizer(

@@ -279,6 +279,8 @@ def test_config_validation():
         CompareConfig(methods=("nope",))
     with pytest.raises(ValueError, match="not among `methods`"):
         CompareConfig(methods=("linear",), noise_methods=("camegrad",))
+    with pytest.raises(ValueError, match=r"\['stgu'\] are training steps"):
+        CompareConfig(methods=("linear", "stgu"), noise_methods=("stgu",))
     with pytest.raises(ValueError, match="`seeds`"):
         CompareConfig(seeds=(-1,))
     config = CompareConfig(methods=("linear", "pcgrad", "camegrad_no_s2"))

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from camegrad_jax.rrg import labeler
-from camegrad_jax.rrg.labeler import CheXbertLabeler, label_reports, labeler_agreement
+from camegrad_jax.rrg.chexbert import CheXbertLabeler
+from camegrad_jax.rrg.labeler import label_reports
+from camegrad_jax.rrg.labeler_agreement import labeler_agreement
 from camegrad_jax.rrg.observations import (
     BLANK,
     NEGATIVE,

@@ -28,13 +28,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from camegrad_jax.rrg.labeler import (
-    SPELLING_VOCABULARY,
-    correct_spelling,
-    edit_distance,
-    label_reports,
-    labeler_agreement,
-)
+from camegrad_jax.rrg.labeler import label_reports
+from camegrad_jax.rrg.labeler_agreement import labeler_agreement
+from camegrad_jax.rrg.labeler_text import SPELLING_VOCABULARY, correct_spelling, edit_distance
 from camegrad_jax.rrg.observations import (
     BLANK,
     NEGATIVE,

@@ -14,7 +14,8 @@ from camegrad_jax.rrg._synthetic_findings import sample_study_findings
 from camegrad_jax.rrg._synthetic_image import render_views as render_v1
 from camegrad_jax.rrg._synthetic_report import write_report as write_v1
 from camegrad_jax.rrg._synthetic_v2_image import render_views
-from camegrad_jax.rrg.labeler import label_reports, labeler_agreement
+from camegrad_jax.rrg.labeler import label_reports
+from camegrad_jax.rrg.labeler_agreement import labeler_agreement
 from camegrad_jax.rrg.metrics import roc_auc
 from camegrad_jax.rrg.observations import BLANK, OBSERVATIONS, POSITIVE, UNCERTAIN
 from camegrad_jax.rrg.synthetic import SyntheticConfig, generate_synthetic, synthetic_study

@@ -378,8 +378,9 @@ def test_registry_entries_build_and_combine():
         "head": jnp.array([[1.0, 0.0], [0.0, 1.0]]),
     }
     losses = jnp.array([1.0, 2.0])
-    assert {"linear", "camegrad", "camegrad_setting_b"} <= set(available_methods())
-    for name in available_methods():
+    assert {"linear", "camegrad", "camegrad_setting_b", "stgu"} <= set(available_methods())
+    transformations = [name for name in available_methods() if not MULTITASK_METHODS[name].step]
+    for name in transformations:
         options = multitask_options(
             name, {"c": 0.4, "gamma": 1.2, "alpha": 0.3}, {"seed": 0, "epoch_length": 4}
         )
@@ -466,6 +467,40 @@ def test_config_round_trip_and_validation():
     with pytest.raises(ValueError, match="dataset_name"):
         TrainConfig(dataset_name="chexpert")
     assert TrainConfig(cls_weight=2.0).task_weights == (1.0, 2.0)
+
+
+@pytest.mark.slow
+def test_stgu_trains_and_resumes_exactly(tmp_path):
+    """The training-step method in the trainer: its losses fall, it regroups the tasks after
+    the warm-up, and a run stopped after its first epoch resumes as if never stopped (the
+    affinity, groups and PRNG key are in the checkpointed state)."""
+    options = {"warmup_steps": 3, "affinity_decay": 0.1}
+    config = tiny_config(tmp_path / "straight", optimizer="stgu", method_options=options)
+    straight = train(config, progress=False)
+    first, second = straight["epochs"]
+    assert second["train_loss_lm"] < 0.9 * first["train_loss_lm"], (first, second)
+    assert straight["optimizer"]["factory"] == "stgu"
+    log_a = np.load(tmp_path / "straight" / STEP_LOG_FILE)
+    assert set(np.unique(log_a["num_groups"])) <= {1, 2}
+    assert np.all(log_a["num_groups"][:4] == 2)  # the warm-up keeps one group per task
+
+    resumed_config = config.replace(save_dir=str(tmp_path / "resumed"))
+    assert train(resumed_config, progress=False, stop_after_epoch=1)["status"] == "stopped"
+    resumed = train(resumed_config, progress=False, resume=True)
+    for key in ("selection", "test", "diagnostics"):
+        assert resumed[key] == straight[key], key
+    assert without_timing(resumed["epochs"]) == without_timing(straight["epochs"])
+    log_b = np.load(tmp_path / "resumed" / STEP_LOG_FILE)
+    for field in log_a.files:
+        np.testing.assert_array_equal(log_a[field], log_b[field], err_msg=field)
+    a = restore_run(tmp_path / "straight", ckpt.LATEST)
+    b = restore_run(tmp_path / "resumed", ckpt.LATEST)
+    for x, y in zip(jax.tree.leaves(a.opt_state), jax.tree.leaves(b.opt_state), strict=True):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="is a training step"):
+        build_multitask("stgu")
+    with pytest.raises(ValueError, match="no single update to sample"):
+        update_samples(a.setup, a.params, [])
 
 
 @pytest.mark.slow
