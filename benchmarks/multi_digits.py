@@ -9,7 +9,7 @@ classes), the right digit (10 classes) and, with ``--tasks 3`` (the default), th
 regression). Test images are built from digits that no training image uses.
 
 A small CNN trunk is shared by one linear head per task. Every optax transformation of the
-registry (``camegrad_jax._registry``) trains it, first in ``optax.chain(method, adam)``, with
+registry (``camegrad_jax.METHODS``) trains it, first in ``optax.chain(method, adam)``, with
 the method's weights restricted to the trunk (``shared_mask``; the heads receive their own
 task's gradient); rows whose update needs an input other than ``value=losses`` are skipped with
 the reason printed. Each method runs several seeds (initialisation and batch order), the whole
@@ -55,7 +55,6 @@ import numpy as np
 import optax
 
 import camegrad_jax as cg
-from camegrad_jax import _registry
 
 DIGIT_SIZE = 8
 NUM_CLASSES = 10
@@ -341,7 +340,7 @@ def run_seeds(run: Callable, data: MultiDigits, seeds: int) -> RunOutput:
 # Methods
 
 
-def build_method(info: _registry.MethodInfo, params: Any, num_tasks: int, epoch_length: int):
+def build_method(info: cg.MethodInfo, params: Any, num_tasks: int, epoch_length: int):
     """The row's transformation for this problem: K known (the scan's carry keeps its shape),
     the trunk as the shared leaves, and an epoch of ``epoch_length`` steps where the method
     counts epochs (DWA)."""
@@ -359,7 +358,7 @@ def build_method(info: _registry.MethodInfo, params: Any, num_tasks: int, epoch_
 def select_methods(names: Sequence[str] | None) -> tuple[list, list[tuple[str, str]]]:
     """The registry rows to train, and (name, reason) for those skipped."""
     chosen, skipped = [], []
-    for info in _registry.METHODS:
+    for info in cg.METHODS:
         if names is not None and info.name not in names:
             continue
         if not info.is_transformation:
@@ -370,10 +369,10 @@ def select_methods(names: Sequence[str] | None) -> tuple[list, list[tuple[str, s
         else:
             chosen.append(info)
     if names is not None:
-        unknown = sorted(set(names) - {info.name for info in _registry.METHODS})
+        unknown = sorted(set(names) - {info.name for info in cg.METHODS})
         if unknown:
             raise SystemExit(f"Unknown methods {unknown}; registered: "
-                             f"{[info.name for info in _registry.METHODS]}")
+                             f"{[info.name for info in cg.METHODS]}")
     return chosen, skipped
 
 
