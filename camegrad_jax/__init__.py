@@ -24,6 +24,8 @@ from camegrad_jax._diagnostics import GradientStats, gradient_stats
 from camegrad_jax._dual import DualSolution, dual_objective, solve_dual
 from camegrad_jax._dualproj import dualproj, dualproj_coefficients
 from camegrad_jax._dwa import DWAState, dwa
+from camegrad_jax._excess_mtl import ExcessMTLState, ExcessMTLWeights, excess_mtl
+from camegrad_jax._fairgrad import FairGradState, fairgrad, solve_fairgrad
 from camegrad_jax._famo import FamoState, famo
 from camegrad_jax._geometric_mean import geometric_mean
 from camegrad_jax._graddrop import GradDropState, graddrop
@@ -38,6 +40,7 @@ from camegrad_jax._linear import linear_scalarization
 from camegrad_jax._mgda import MGDAState, MGDAWeights, mgda, mgda_weights
 from camegrad_jax._mmpareto import mmpareto, mmpareto_coefficients
 from camegrad_jax._moco import MoCoState, moco
+from camegrad_jax._modo import MoDoState, modo
 from camegrad_jax._nash_mtl import NashMTLState, nash_mtl, solve_nash
 from camegrad_jax._pcd import PCDState, pcd
 from camegrad_jax._pcgrad import PCGradState, pcgrad, pcgrad_coefficients
@@ -45,6 +48,7 @@ from camegrad_jax._registry import METHODS, MethodInfo, method_info, registered_
 from camegrad_jax._rlw import RLWState, rlw
 from camegrad_jax._rotograd import Rotation, RotoGrad, RotoGradScalingState, rotograd_scaling
 from camegrad_jax._scale_invariant import scale_invariant
+from camegrad_jax._sdmgrad import SDMGradState, sdmgrad, sdmgrad_weights
 from camegrad_jax._stch import STCHState, stch
 from camegrad_jax._stgu import STGU, STGUState, STGUStepInfo, stgu
 from camegrad_jax._task_gradients import task_gradients
@@ -64,6 +68,9 @@ __all__ = [
     "CRMOGMState",
     "DualSolution",
     "DWAState",
+    "ExcessMTLState",
+    "ExcessMTLWeights",
+    "FairGradState",
     "FamoState",
     "GradDropState",
     "GradientStats",
@@ -76,6 +83,7 @@ __all__ = [
     "MGDAState",
     "MGDAWeights",
     "MoCoState",
+    "MoDoState",
     "MultiTaskState",
     "NashMTLState",
     "PCDState",
@@ -85,6 +93,7 @@ __all__ = [
     "RotoGrad",
     "RotoGradScalingState",
     "STCHState",
+    "SDMGradState",
     "STGU",
     "STGUState",
     "STGUStepInfo",
@@ -105,6 +114,8 @@ __all__ = [
     "dualproj",
     "dualproj_coefficients",
     "dwa",
+    "excess_mtl",
+    "fairgrad",
     "famo",
     "graddrop",
     "gradient_stats",
@@ -125,6 +136,7 @@ __all__ = [
     "mmpareto",
     "mmpareto_coefficients",
     "moco",
+    "modo",
     "nash_mtl",
     "pcd",
     "pcgrad",
@@ -134,7 +146,10 @@ __all__ = [
     "stgu",
     "rotograd_scaling",
     "scale_invariant",
+    "sdmgrad",
+    "sdmgrad_weights",
     "solve_dual",
+    "solve_fairgrad",
     "solve_nash",
     "stacked_gradient_transformation",
     "stch",

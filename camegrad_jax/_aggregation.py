@@ -128,7 +128,7 @@ def stacked_gradient_transformation(
     weight_all_leaves: bool = False,
     leaf_scaling: LeafScaling | None = None,
     hyperparams_valid: _validation.Verdict = True,
-    gram_homogeneity: float = 0.0,
+    gram_homogeneity: float | jax.Array = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
     """Builds the optax transformation of a weighting (see the module docstring).
 
@@ -154,7 +154,8 @@ def stacked_gradient_transformation(
       gram_homogeneity: the degree h with β(s·G) = s^h β(G) for s > 0. The weighting receives G
         divided by a power of two when the gradients' scale leaves float range, and this
         restores the coefficients; 0 (the default) for weightings of G's shape alone (CAME-Grad,
-        MGDA, PCGrad, ...), -1/2 for those that normalise by gradient norms (Nash-MTL).
+        MGDA, PCGrad, ...), -1/2 for those that normalise by gradient norms (Nash-MTL); a
+        traced value is allowed (FairGrad's -α/(α+1)).
       hyperparams_valid: the factory's combined check verdict (`_validation.all_valid`); a traced
         False (a schedule under ``optax.inject_hyperparams`` left the valid range) makes the
         update NaN, so that ``optax.apply_if_finite`` rejects the step.
@@ -208,8 +209,9 @@ def stacked_gradient_transformation(
             (gram,), scale = _tree.gram_in_range(shared, dtype)
         coefficients, method_state = weighting(gram, state.method_state, weights, **extra_args)
         coefficients = coefficients.astype(dtype)
-        if gram_homogeneity:
-            # β(scale² G) = scale^(2h) β(G) for a weighting homogeneous of degree h in G.
+        if _validation.is_traced(gram_homogeneity) or gram_homogeneity:
+            # β(scale² G) = scale^(2h) β(G) for a weighting homogeneous of degree h in G (h may
+            # depend on a hyper-parameter that inject_hyperparams traces, as in FairGrad).
             coefficients = coefficients * scale ** (2 * gram_homogeneity)
         if hyperparams_valid is not True:
             # Out-of-range hyper-parameters (a schedule under inject_hyperparams): a NaN update

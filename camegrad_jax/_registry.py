@@ -53,6 +53,8 @@ from camegrad_jax._cr_mogm import cr_mogm
 from camegrad_jax._db_mtl import db_mtl
 from camegrad_jax._dualproj import dualproj
 from camegrad_jax._dwa import dwa
+from camegrad_jax._excess_mtl import excess_mtl
+from camegrad_jax._fairgrad import fairgrad
 from camegrad_jax._famo import famo
 from camegrad_jax._geometric_mean import geometric_mean
 from camegrad_jax._graddrop import graddrop
@@ -65,12 +67,14 @@ from camegrad_jax._linear import linear_scalarization
 from camegrad_jax._mgda import mgda
 from camegrad_jax._mmpareto import mmpareto
 from camegrad_jax._moco import moco
+from camegrad_jax._modo import modo
 from camegrad_jax._nash_mtl import nash_mtl
 from camegrad_jax._pcd import pcd
 from camegrad_jax._pcgrad import pcgrad
 from camegrad_jax._rlw import rlw
 from camegrad_jax._rotograd import rotograd_scaling
 from camegrad_jax._scale_invariant import scale_invariant
+from camegrad_jax._sdmgrad import sdmgrad
 from camegrad_jax._stch import stch
 from camegrad_jax._stgu import stgu
 from camegrad_jax._trimmed_mean import trimmed_mean
@@ -265,6 +269,46 @@ METHODS: tuple[MethodInfo, ...] = (
         reference="https://arxiv.org/abs/2406.16232",
         torchjd="UPGrad",
         tested_against="`scipy.optimize.nnls` projections",
+    ),
+    MethodInfo(
+        "fairgrad",
+        fairgrad,
+        "gram",
+        title="FairGrad (ICML 2024)",
+        reference="https://arxiv.org/abs/2402.15638",
+        schedulable=("alpha", 2.0),
+        libmtl="FairGrad",
+        tested_against="the official `scipy.optimize.least_squares` solve of `Gw = w^(-1/α)`",
+    ),
+    MethodInfo(
+        "sdmgrad",
+        sdmgrad,
+        "gram",
+        title="SDMGrad (NeurIPS 2023)",
+        reference="https://arxiv.org/abs/2305.18409",
+        schedulable=("lamda", 0.3),
+        libmtl="SDMGrad",
+        tested_against="the official projected heavy-ball steps in NumPy, SLSQP at convergence",
+    ),
+    MethodInfo(
+        "modo",
+        modo,
+        "gram",
+        title="MoDo (NeurIPS 2023)",
+        reference="https://arxiv.org/abs/2305.20057",
+        schedulable=("gamma", 0.1),
+        libmtl="MoDo",
+        tested_against="the official λ step in NumPy, with one sample and with two",
+    ),
+    MethodInfo(
+        "excess_mtl",
+        excess_mtl,
+        "gradient",
+        title="ExcessMTL (ICML 2024)",
+        reference="https://arxiv.org/abs/2402.02009",
+        schedulable=("robust_step_size", 0.5),
+        libmtl="ExcessMTL",
+        tested_against="the official weighting step in NumPy",
     ),
     MethodInfo(
         "dualproj",

@@ -20,7 +20,8 @@ import pytest
 import camegrad_jax as cg
 
 # Every method that forms the Gram matrix, with the degree p of its update in the gradients'
-# common scale s: update(s·g) = s^p · update(g) (Nash-MTL normalises its update's length).
+# common scale s: update(s·g) = s^p · update(g) (Nash-MTL normalises its update's length,
+# FairGrad's depends on α).
 GRAM_METHODS = {
     "camegrad": (lambda: cg.camegrad(0.5, 1.5, 0.2), 1),
     "camegrad_apg": (lambda: cg.camegrad(0.4, 1.2, 0.3, solver="apg"), 1),
@@ -30,6 +31,8 @@ GRAM_METHODS = {
     "mgda_l2": (lambda: cg.mgda(normalization="l2"), 1),
     "imtl_g": (lambda: cg.imtl_g(), 1),
     "nash_mtl": (lambda: cg.nash_mtl(max_norm=0.0), 0),
+    "fairgrad": (lambda: cg.fairgrad(0.5), 1 / 3),  # s^((1 − α)/(1 + α))
+    "sdmgrad": (lambda: cg.sdmgrad(), 1),
     "aligned_mtl": (lambda: cg.aligned_mtl(), 1),
     "upgrad": (lambda: cg.upgrad(), 1),
     "mmpareto": (lambda: cg.mmpareto(), 1),
