@@ -27,12 +27,14 @@ from camegrad_jax._dwa import DWAState, dwa
 from camegrad_jax._excess_mtl import ExcessMTLState, ExcessMTLWeights, excess_mtl
 from camegrad_jax._fairgrad import FairGradState, fairgrad, solve_fairgrad
 from camegrad_jax._famo import FamoState, famo
+from camegrad_jax._geometric_mean import geometric_mean
 from camegrad_jax._graddrop import GradDropState, graddrop
 from camegrad_jax._gradnorm import GradNormState, gradnorm
 from camegrad_jax._gradvac import GradVacState, gradvac, gradvac_coefficients
 from camegrad_jax._gram_only import gram_only_gradients
 from camegrad_jax._grouping import GroupedState
 from camegrad_jax._imtl_g import imtl_g, imtl_g_coefficients
+from camegrad_jax._imtl_l import IMTLLState, imtl_l
 from camegrad_jax._krum import krum, krum_coefficients
 from camegrad_jax._linear import linear_scalarization
 from camegrad_jax._mgda import MGDAState, MGDAWeights, mgda, mgda_weights
@@ -45,7 +47,9 @@ from camegrad_jax._pcgrad import PCGradState, pcgrad, pcgrad_coefficients
 from camegrad_jax._registry import METHODS, MethodInfo, method_info, registered_methods
 from camegrad_jax._rlw import RLWState, rlw
 from camegrad_jax._rotograd import Rotation, RotoGrad, RotoGradScalingState, rotograd_scaling
+from camegrad_jax._scale_invariant import scale_invariant
 from camegrad_jax._sdmgrad import SDMGradState, sdmgrad, sdmgrad_weights
+from camegrad_jax._stch import STCHState, stch
 from camegrad_jax._stgu import STGU, STGUState, STGUStepInfo, stgu
 from camegrad_jax._task_gradients import task_gradients
 from camegrad_jax._task_gram import task_gram
@@ -73,6 +77,7 @@ __all__ = [
     "METHODS",
     "MethodInfo",
     "GradNormState",
+    "IMTLLState",
     "GradVacState",
     "GroupedState",
     "MGDAState",
@@ -87,6 +92,7 @@ __all__ = [
     "Rotation",
     "RotoGrad",
     "RotoGradScalingState",
+    "STCHState",
     "SDMGradState",
     "STGU",
     "STGUState",
@@ -113,12 +119,14 @@ __all__ = [
     "famo",
     "graddrop",
     "gradient_stats",
+    "geometric_mean",
     "gradnorm",
     "gradvac",
     "gradvac_coefficients",
     "gram_only_gradients",
     "imtl_g",
     "imtl_g_coefficients",
+    "imtl_l",
     "krum",
     "krum_coefficients",
     "linear_scalarization",
@@ -137,12 +145,14 @@ __all__ = [
     "rlw",
     "stgu",
     "rotograd_scaling",
+    "scale_invariant",
     "sdmgrad",
     "sdmgrad_weights",
     "solve_dual",
     "solve_fairgrad",
     "solve_nash",
     "stacked_gradient_transformation",
+    "stch",
     "task_gradients",
     "task_gram",
     "trimmed_mean",

@@ -21,7 +21,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from camegrad_jax import _loss_values, _tree, _validation
@@ -45,17 +44,6 @@ class FamoState(NamedTuple):
 def _logits_optimizer(learning_rate, weight_decay) -> optax.GradientTransformation:
     # torch.optim.Adam(weight_decay=γ) adds γ·ξ to the gradient before the moments.
     return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
-
-
-def _check_min_loss(min_loss: Any) -> None:
-    if _validation.is_traced(min_loss):
-        return
-    values = np.asarray(min_loss, dtype=np.float64)
-    if values.ndim > 1 or not np.all(np.isfinite(values)):
-        raise ValueError(
-            "Parameter `min_loss` should be a finite float or a 1-D sequence of K finite floats. "
-            f"Found `min_loss = {min_loss!r}`."
-        )
 
 
 def famo(
@@ -137,14 +125,12 @@ def famo(
         _validation.check_positive(learning_rate, "learning_rate"),
         _validation.check_non_negative(weight_decay, "weight_decay"),
     )
-    _check_min_loss(min_loss)
+    _loss_values.check_finite_per_task(
+        min_loss, "min_loss", _validation.resolve_num_tasks(num_tasks, task_weights)
+    )
     optimizer = _logits_optimizer(learning_rate, weight_decay)
 
     def init_method_state(k: int) -> FamoState:
-        if np.ndim(min_loss) == 1 and np.shape(min_loss)[0] != k:
-            raise ValueError(
-                f"Parameter `min_loss` has {np.shape(min_loss)[0]} entries but K = {k} tasks."
-            )
         logits = jnp.zeros((k,), jnp.float32)
         return FamoState(
             logits=logits,
@@ -158,7 +144,7 @@ def famo(
         dtype = weights.dtype
         k = weights.shape[0]
         losses = weights * _loss_values.task_losses(extra_args, k, _NAME, dtype)
-        floor = jnp.broadcast_to(jnp.asarray(min_loss, dtype), (k,))
+        floor = _loss_values.per_task(min_loss, k, "min_loss", dtype)
         log_losses = jnp.log(losses - floor + _EPSILON)
 
         # The logits' update of the previous step, with this step's losses as its "after" losses.

@@ -76,3 +76,37 @@ def check_integer(value: Any, name: str) -> None:
         or int(value) != value
     ):
         raise ValueError(f"Parameter `{name}` should be an integer. Found `{name} = {value!r}`.")
+
+
+def check_finite_per_task(value: Any, name: str, num_tasks: int | None) -> None:
+    """Raises ``ValueError`` unless ``value`` is a finite float or a 1-D sequence of finite floats,
+    one per task where K is known already (otherwise `per_task` checks it at the first update)."""
+    if _validation.is_traced(value):
+        return
+    values = np.asarray(value, dtype=np.float64)
+    if values.ndim > 1 or not np.all(np.isfinite(values)):
+        raise ValueError(
+            f"Parameter `{name}` should be a finite float or a 1-D sequence of K finite floats. "
+            f"Found `{name} = {value!r}`."
+        )
+    if num_tasks is not None:
+        per_task(value, num_tasks, name, jnp.float32)
+
+
+def per_task(value: Any, num_tasks: int, name: str, dtype: Any) -> jax.Array:
+    """A float or K floats as a (K,) array in ``dtype``; raises ``ValueError`` on another length.
+
+    Examples:
+      >>> from camegrad_jax._loss_values import per_task
+      >>> per_task(0.5, 2, "min_loss", "float32")
+      Array([0.5, 0.5], dtype=float32)
+      >>> per_task([0.0, 1.0, 2.0], 2, "min_loss", "float32")
+      Traceback (most recent call last):
+      ...
+      ValueError: Parameter `min_loss` has 3 entries but K = 2 tasks.
+    """
+    if np.ndim(value) == 1 and np.shape(value)[0] != num_tasks:
+        raise ValueError(
+            f"Parameter `{name}` has {np.shape(value)[0]} entries but K = {num_tasks} tasks."
+        )
+    return jnp.broadcast_to(jnp.asarray(value, dtype), (num_tasks,))

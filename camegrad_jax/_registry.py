@@ -56,10 +56,12 @@ from camegrad_jax._dwa import dwa
 from camegrad_jax._excess_mtl import excess_mtl
 from camegrad_jax._fairgrad import fairgrad
 from camegrad_jax._famo import famo
+from camegrad_jax._geometric_mean import geometric_mean
 from camegrad_jax._graddrop import graddrop
 from camegrad_jax._gradnorm import gradnorm
 from camegrad_jax._gradvac import gradvac
 from camegrad_jax._imtl_g import imtl_g
+from camegrad_jax._imtl_l import imtl_l
 from camegrad_jax._krum import krum
 from camegrad_jax._linear import linear_scalarization
 from camegrad_jax._mgda import mgda
@@ -71,7 +73,9 @@ from camegrad_jax._pcd import pcd
 from camegrad_jax._pcgrad import pcgrad
 from camegrad_jax._rlw import rlw
 from camegrad_jax._rotograd import rotograd_scaling
+from camegrad_jax._scale_invariant import scale_invariant
 from camegrad_jax._sdmgrad import sdmgrad
+from camegrad_jax._stch import stch
 from camegrad_jax._stgu import stgu
 from camegrad_jax._trimmed_mean import trimmed_mean
 from camegrad_jax._uncertainty_weighting import uncertainty_weighting
@@ -475,6 +479,52 @@ METHODS: tuple[MethodInfo, ...] = (
         torchjd="Random",
         libmtl="RLW",
         tested_against="key schedule and draw statistics",
+    ),
+    MethodInfo(
+        "imtl_l",
+        imtl_l,
+        "loss",
+        title="IMTL-L (ICLR 2021)",
+        reference="https://openreview.net/forum?id=IMPnRXEWpvr",
+        inputs=("value",),
+        schedulable=("learning_rate", 0.05),
+        torchjd="`IMTLL` (scalarization)",
+        libmtl="IMTL (its loss part)",
+        tested_against="finite differences of Σ e^s L − s, torchjd's fixed values",
+    ),
+    MethodInfo(
+        "geometric_mean",
+        geometric_mean,
+        "loss",
+        title="GLS, geometric mean of the losses (CVPRW 2019)",
+        reference="https://openaccess.thecvf.com/content_CVPRW_2019/papers/WAD/Chennupati_MultiNet_Multi-Stream_Feature_Aggregation_and_Geometric_Loss_Strategy_for_Multi-Task_CVPRW_2019_paper.pdf",
+        inputs=("value",),
+        torchjd="`GeometricMean` (scalarization)",
+        libmtl="GLS",
+        tested_against="finite differences of (Π L)^{1/K}, torchjd's fixed value",
+    ),
+    MethodInfo(
+        "stch",
+        stch,
+        "loss",
+        title="STCH, smooth Tchebycheff (ICML 2024)",
+        reference="https://arxiv.org/abs/2402.19078",
+        inputs=("value",),
+        schedulable=("mu", 0.5),
+        torchjd="`STCH` (scalarization)",
+        libmtl="STCH",
+        tested_against=(
+            "finite differences of torchjd's and the official loss, torchjd's fixed values"
+        ),
+    ),
+    MethodInfo(
+        "scale_invariant",
+        scale_invariant,
+        "loss",
+        title="Scale-invariant, Σ log L (ICML 2022)",
+        reference="https://arxiv.org/abs/2202.01017",
+        inputs=("value",),
+        tested_against="finite differences of Σ λ log L",
     ),
     MethodInfo(
         "rotograd_scaling",

@@ -242,7 +242,15 @@ def test_bad_hyperparameters_raise_named_errors(kwargs, message):
 
 def test_min_loss_length_checked_against_the_tasks():
     with pytest.raises(ValueError, match="`min_loss` has 3 entries"):
-        famo(min_loss=[0.0, 0.0, 0.0], num_tasks=2).init(jnp.zeros(2))
+        famo(min_loss=[0.0, 0.0, 0.0], num_tasks=2)
+    # Without num_tasks, K (and the check) comes with the first update.
+    tx = famo(min_loss=[0.0, 0.5])
+    params = jnp.zeros(2)
+    updates, _ = tx.update(jnp.eye(2), tx.init(params), params, value=jnp.array([1.0, 1.5]))
+    np.testing.assert_allclose(updates, [0.5, 0.5], rtol=1e-6)  # equal distances to the floor
+    tx = famo(min_loss=[0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="`min_loss` has 3 entries but K = 2"):
+        tx.update(jnp.eye(2), tx.init(params), params, value=jnp.ones(2))
 
 
 def test_missing_or_misshapen_value():
