@@ -21,6 +21,32 @@ import camegrad_jax as cg
 
 IDS = [m.name for m in METHODS]
 
+# The framework checks (lax.scan, downstream wrappers, nnx.Optimizer, a Linen TrainState)
+# exercise how a method's state travels through them. By default they run on one row of each
+# kind of state (PRNG keys, warm starts, counters, loss histories, grouped and tracked states,
+# per-leaf and per-entry builders); `-m slow` runs them on every row.
+FRAMEWORK_SAMPLE = {
+    "camegrad",
+    "linear",
+    "pcgrad",
+    "mgda_loss_plus",
+    "nash_mtl",
+    "mmpareto",
+    "gradnorm",
+    "famo",
+    "dwa",
+    "rlw",
+    "gradvac",
+    "graddrop",
+    "moco",
+    "sdmgrad",
+    "stch",
+}
+FRAMEWORK_METHODS = [
+    m if m.name in FRAMEWORK_SAMPLE else pytest.param(m, marks=pytest.mark.slow, id=m.name)
+    for m in METHODS
+]
+
 
 def two_task_problem(dtype=jnp.float32):
     """A shared vector pulled towards two different targets: the task gradients conflict."""
@@ -71,7 +97,9 @@ def test_first_in_chain_converges_without_recompiling(method):
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
 
 
-@pytest.mark.parametrize("method", METHODS, ids=IDS)
+# Every row's state keeps its structure and dtypes (the first test's no-recompilation check);
+# the scan itself runs on the sample by default.
+@pytest.mark.parametrize("method", FRAMEWORK_METHODS, ids=IDS)
 def test_state_is_stable_under_scan(method):
     params, losses = two_task_problem()
     tx = optax.chain(method.build(2), optax.sgd(0.01))
@@ -143,7 +171,7 @@ def test_inject_hyperparams_schedule(method):
     np.testing.assert_allclose(seen, [value, value * 7 / 8, value * 6 / 8], rtol=1e-6)
 
 
-@pytest.mark.parametrize("method", METHODS, ids=IDS)
+@pytest.mark.parametrize("method", FRAMEWORK_METHODS, ids=IDS)
 def test_with_apply_if_finite_and_multi_steps_downstream(method):
     params, losses = two_task_problem()
     downstream = optax.apply_if_finite(
@@ -187,7 +215,7 @@ class _NNXTwoHead(nnx.Module):
         return self.head_a(z)[:, 0], self.head_b(z)[:, 0]
 
 
-@pytest.mark.parametrize("method", METHODS, ids=IDS)
+@pytest.mark.parametrize("method", FRAMEWORK_METHODS, ids=IDS)
 def test_flax_nnx_optimizer(method):
     model = _NNXTwoHead(nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, optax.chain(method.build(2), optax.adam(1e-2)), wrt=nnx.Param)
@@ -219,7 +247,7 @@ class _LinenTwoHead(linen.Module):
         return linen.Dense(1)(z)[:, 0], linen.Dense(1)(z)[:, 0]
 
 
-@pytest.mark.parametrize("method", METHODS, ids=IDS)
+@pytest.mark.parametrize("method", FRAMEWORK_METHODS, ids=IDS)
 def test_flax_linen_train_state(method):
     module = _LinenTwoHead()
     x = jax.random.normal(jax.random.key(2), (32, 4))

@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+# One subprocess with four host devices compiles every layout: 80 s, so in the slow run only
+# (with the two-process test, `test_multiprocess.py`).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def results():

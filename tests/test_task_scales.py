@@ -154,6 +154,7 @@ def test_camegrad_float32_across_a_spread_of_1e6_against_a_float64_reference():
     assert errors.max() < 1e-2
 
 
+@pytest.mark.slow  # 40 s; the float32 spread test above runs by default
 def test_camegrad_float64_holds_a_spread_of_1e12_against_the_reference():
     with jax.enable_x64(True):
         for h in _spread_problems(seed=1, count=10, spread_decades=12):
@@ -168,6 +169,7 @@ def test_camegrad_float64_holds_a_spread_of_1e12_against_the_reference():
 SPREAD_HOLDING = ["pcgrad", "imtl_g"]
 
 
+@pytest.mark.slow  # 20-40 s each; kept for the slow run
 @pytest.mark.parametrize("name", SPREAD_HOLDING)
 def test_float32_holds_a_spread_of_1e6_against_float64(name):
     factory, _ = GRAM_METHODS[name]

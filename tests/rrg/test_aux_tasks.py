@@ -103,13 +103,14 @@ def _model(aux: str, **kwargs):
     return build_model(aux, TINY, rngs=nnx.Rngs(0), **kwargs)
 
 
-# The new variants run by default; the others (the default model, strict alignment: the same
-# code paths) only in the slow run, to keep the default suite's time.
+# One new variant runs by default (weak alignment: the alignment code path and its label
+# positives); the others only in the slow run, to keep the default suite's time (the prompted
+# variant's masks are also checked by its own prompt test below).
 @pytest.mark.parametrize(
     ("aux", "weak"),
     [
         pytest.param("classification", False, marks=pytest.mark.slow),
-        ("classification-prompt", False),
+        pytest.param("classification-prompt", False, marks=pytest.mark.slow),
         pytest.param("alignment", False, marks=pytest.mark.slow),
         ("alignment", True),
     ],
