@@ -11,52 +11,70 @@ must come first in the chain (a chain in another order is refused at the first u
 
 from camegrad_jax._aggregation import (
     MultiTaskState,
+    Weighting,
     WeightingResult,
     stacked_gradient_transformation,
 )
-from camegrad_jax._aligned_mtl import aligned_mtl, aligned_mtl_coefficients
-from camegrad_jax._cagrad import CAGradState, CAGradWeights, cagrad, cagrad_weights
-from camegrad_jax._camegrad import CameGradState, CameGradWeights, camegrad, camegrad_weights
-from camegrad_jax._config import config, config_coefficients
-from camegrad_jax._cr_mogm import CRMOGMState, cr_mogm
+from camegrad_jax._aligned_mtl import aligned_mtl, aligned_mtl_coefficients, aligned_mtl_weighting
+from camegrad_jax._cagrad import (
+    CAGradState,
+    CAGradWeights,
+    cagrad,
+    cagrad_weighting,
+    cagrad_weights,
+)
+from camegrad_jax._camegrad import (
+    CameGradState,
+    CameGradWeights,
+    camegrad,
+    camegrad_weighting,
+    camegrad_weights,
+)
+from camegrad_jax._config import config, config_coefficients, config_weighting
+from camegrad_jax._cr_mogm import CRMOGMState, cr_mogm, cr_mogm_weighting
 from camegrad_jax._db_mtl import db_mtl
 from camegrad_jax._diagnostics import GradientStats, gradient_stats
 from camegrad_jax._dual import DualSolution, dual_objective, solve_dual
-from camegrad_jax._dualproj import dualproj, dualproj_coefficients
-from camegrad_jax._dwa import DWAState, dwa
+from camegrad_jax._dualproj import dualproj, dualproj_coefficients, dualproj_weighting
+from camegrad_jax._dwa import DWAState, dwa, dwa_weighting
 from camegrad_jax._excess_mtl import ExcessMTLState, ExcessMTLWeights, excess_mtl
-from camegrad_jax._fairgrad import FairGradState, fairgrad, solve_fairgrad
-from camegrad_jax._famo import FamoState, famo
-from camegrad_jax._geometric_mean import geometric_mean
+from camegrad_jax._fairgrad import FairGradState, fairgrad, fairgrad_weighting, solve_fairgrad
+from camegrad_jax._famo import FamoState, famo, famo_weighting
+from camegrad_jax._geometric_mean import geometric_mean, geometric_mean_weighting
 from camegrad_jax._graddrop import GradDropState, graddrop
 from camegrad_jax._gradnorm import GradNormState, gradnorm
-from camegrad_jax._gradvac import GradVacState, gradvac, gradvac_coefficients
+from camegrad_jax._gradvac import GradVacState, gradvac, gradvac_coefficients, gradvac_weighting
 from camegrad_jax._gram_only import gram_only_gradients
 from camegrad_jax._grouping import GroupedState
-from camegrad_jax._imtl_g import imtl_g, imtl_g_coefficients
-from camegrad_jax._imtl_l import IMTLLState, imtl_l
-from camegrad_jax._krum import krum, krum_coefficients
-from camegrad_jax._linear import linear_scalarization
-from camegrad_jax._mgda import MGDAState, MGDAWeights, mgda, mgda_weights
-from camegrad_jax._mmpareto import mmpareto, mmpareto_coefficients
+from camegrad_jax._imtl_g import imtl_g, imtl_g_coefficients, imtl_g_weighting
+from camegrad_jax._imtl_l import IMTLLState, imtl_l, imtl_l_weighting
+from camegrad_jax._krum import krum, krum_coefficients, krum_weighting
+from camegrad_jax._linear import linear_scalarization, linear_weighting
+from camegrad_jax._loss_weighting import LossWeighting
+from camegrad_jax._mgda import MGDAState, MGDAWeights, mgda, mgda_weighting, mgda_weights
+from camegrad_jax._mmpareto import mmpareto, mmpareto_coefficients, mmpareto_weighting
 from camegrad_jax._moco import MoCoState, moco
-from camegrad_jax._modo import MoDoState, modo
-from camegrad_jax._nash_mtl import NashMTLState, nash_mtl, solve_nash
-from camegrad_jax._pcd import PCDState, pcd
-from camegrad_jax._pcgrad import PCGradState, pcgrad, pcgrad_coefficients
+from camegrad_jax._modo import MoDoState, modo, modo_weighting
+from camegrad_jax._nash_mtl import NashMTLState, nash_mtl, nash_mtl_weighting, solve_nash
+from camegrad_jax._pcd import PCDState, pcd, pcd_weighting
+from camegrad_jax._pcgrad import PCGradState, pcgrad, pcgrad_coefficients, pcgrad_weighting
 from camegrad_jax._registry import METHODS, MethodInfo, method_info, registered_methods
 from camegrad_jax._rlw import RLWState, rlw
 from camegrad_jax._rotograd import Rotation, RotoGrad, RotoGradScalingState, rotograd_scaling
-from camegrad_jax._scale_invariant import scale_invariant
-from camegrad_jax._sdmgrad import SDMGradState, sdmgrad, sdmgrad_weights
-from camegrad_jax._stch import STCHState, stch
+from camegrad_jax._scale_invariant import scale_invariant, scale_invariant_weighting
+from camegrad_jax._sdmgrad import SDMGradState, sdmgrad, sdmgrad_weighting, sdmgrad_weights
+from camegrad_jax._stch import STCHState, stch, stch_weighting
 from camegrad_jax._stgu import STGU, STGUState, STGUStepInfo, stgu
 from camegrad_jax._task_gradients import task_gradients
 from camegrad_jax._task_gram import task_gram
 from camegrad_jax._tracking import TrackedState
 from camegrad_jax._trimmed_mean import trimmed_mean
-from camegrad_jax._uncertainty_weighting import UncertaintyWeightingState, uncertainty_weighting
-from camegrad_jax._upgrad import upgrad, upgrad_coefficients
+from camegrad_jax._uncertainty_weighting import (
+    UncertaintyWeightingState,
+    uncertainty_weighting,
+    uncertainty_weighting_weighting,
+)
+from camegrad_jax._upgrad import upgrad, upgrad_coefficients, upgrad_weighting
 
 __version__ = "0.1.0"
 
@@ -159,4 +177,32 @@ __all__ = [
     "uncertainty_weighting",
     "upgrad",
     "upgrad_coefficients",
+    "linear_weighting",
+    "camegrad_weighting",
+    "cagrad_weighting",
+    "pcgrad_weighting",
+    "mgda_weighting",
+    "imtl_g_weighting",
+    "nash_mtl_weighting",
+    "aligned_mtl_weighting",
+    "upgrad_weighting",
+    "fairgrad_weighting",
+    "sdmgrad_weighting",
+    "modo_weighting",
+    "dualproj_weighting",
+    "config_weighting",
+    "gradvac_weighting",
+    "krum_weighting",
+    "cr_mogm_weighting",
+    "pcd_weighting",
+    "mmpareto_weighting",
+    "Weighting",
+    "uncertainty_weighting_weighting",
+    "famo_weighting",
+    "imtl_l_weighting",
+    "stch_weighting",
+    "scale_invariant_weighting",
+    "dwa_weighting",
+    "geometric_mean_weighting",
+    "LossWeighting",
 ]

@@ -1,8 +1,25 @@
-"""The machinery every stacked-gradient method shares.
+"""The machinery every stacked-gradient method shares: the weighting contract and its builder.
 
-A multi-task method here is a *weighting*: a function from the K × K Gram matrix of the task
-gradients (and, for loss-based methods, the K loss values) to K coefficients β, the update being
-Σ_i β_i g_i. This module turns a weighting into an ``optax.GradientTransformationExtraArgs`` that:
+A multi-task method here is a :class:`Weighting`: a pure rule from the K × K Gram matrix of the
+task gradients and the method's own state to K coefficients β and the new state, the update
+being Σ_i β_i g_i. One Gram convention holds throughout:
+
+* G is the Gram matrix of the **raw** task gradients, :math:`G_{ij} = \\langle g_i, g_j\rangle`
+  (as :func:`camegrad_jax.task_gram` returns it, and as the builder forms it from the stacked
+  gradients), never of the weighted ones;
+* the coefficients are on the raw gradients too: the update is :math:`\\sum_i \beta_i g_i`;
+* the static task weights λ are a separate input. A method defined on the weighted gradients
+  :math:`h_i = \\lambda_i g_i` works on :math:`\\Lambda G \\Lambda` inside its weighting and
+  returns :math:`\beta_i = \\lambda_i b_i` for its coefficients :math:`b` on the :math:`h_i`.
+
+Every public function of the Gram matrix follows it: ``cg.<method>_weighting(...)`` (the
+method's :class:`Weighting`), and the stateless rules (``cg.upgrad_coefficients``, ...), which
+take no λ, so that the Gram matrix passed is that of the gradients they combine. A weighting
+may read further inputs from the extra arguments of ``update`` (the losses as ``value``);
+loss-based methods, which need no G, have their own contract (:mod:`camegrad_jax._loss_weighting`).
+
+:func:`stacked_gradient_transformation` turns a weighting into an
+``optax.GradientTransformationExtraArgs`` that:
 
 * sizes its state from the first stacked gradients it sees when K was not given (as optax's own
   transformations never ask for what the gradients tell them);
@@ -12,12 +29,16 @@ gradients (and, for loss-based methods, the K loss values) to K coefficients β,
 * forms G from the shared leaves (accumulated in ≥ float32), calls the weighting, and forms
   Σ_i β_i g_i on the shared leaves and the linear-scalarization sum Σ_i λ_i g_i on the others;
 * keeps the method's own state and the last step's diagnostics in a typed state.
+
+What only some methods do is a wrapper around the builder's transformation, not an option of
+the builder: :func:`weight_every_leaf` (GradNorm, ExcessMTL), CAME-Grad's Setting B noise and
+MMPareto's per-leaf magnitudes (in their modules).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -33,20 +54,34 @@ class WeightingResult(NamedTuple):
     method_state: Any  # The method's new state.
 
 
-class Weighting(Protocol):
+class WeightingFn(Protocol):
     def __call__(
         self, gram: jax.Array | None, method_state: Any, task_weights: jax.Array, **extra: Any
     ) -> WeightingResult: ...
 
 
-# Optional hook on the shared leaves' update after the weighted sum (e.g. CAME-Grad's Setting B
-# adds noise there): (combined shared leaves, method_state) -> (new leaves, new method_state).
-Perturbation = Callable[[list[jax.Array], Any], tuple[list[jax.Array], Any]]
+class Weighting(NamedTuple):
+    """A multi-task method apart from the gradients: its state and its rule for β.
 
-# Optional per-leaf magnitude rule (e.g. MMPareto rescales each parameter tensor):
-# (Gram matrices of the shared leaves one by one, coefficients, task weights) -> (L,) factors;
-# shared leaf l then receives factor_l · Σ_i β_i g_i.
-LeafScaling = Callable[[list[jax.Array], jax.Array, jax.Array], jax.Array]
+    ``update(gram, method_state, task_weights, **extra_args)`` takes the Gram matrix of the raw
+    task gradients (None for a method built with ``uses_gram=False``), the method's state and
+    the (K,) static weights λ, and returns a :class:`WeightingResult`: coefficients on the raw
+    gradients and the new state (see the module docstring). It is pure: the same inputs give
+    the same outputs, so it runs under ``jit``, ``vmap`` and ``lax.scan``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import camegrad_jax as cg
+      >>> weighting = cg.mgda_weighting()
+      >>> state = weighting.init(2)
+      >>> gram = jnp.array([[1.0, 0.0], [0.0, 4.0]])  # orthogonal gradients, norms 1 and 2
+      >>> coefficients, state = weighting.update(gram, state, jnp.ones(2))
+      >>> coefficients  # the min-norm point weighs the shorter one more
+      Array([0.8, 0.2], dtype=float32)
+    """
+
+    init: Callable[[int], Any]  # K -> the method's initial state.
+    update: WeightingFn
 
 
 class MultiTaskState(NamedTuple):
@@ -64,46 +99,89 @@ def stored(x: jax.Array) -> jax.Array:
     return x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x
 
 
-def gram_weighting_transformation(
-    coefficients_fn: Callable[[jax.Array], jax.Array],
-    *,
-    name: str,
-    num_tasks: int | None,
-    task_weights: Any,
-    shared_mask: _tree.MaskOrFn = None,
-) -> optax.GradientTransformationExtraArgs:
-    """The transformation of a stateless weighting of the weighted Gram matrix.
+def stateless_weighting(rule: Callable[[jax.Array], jax.Array]) -> Weighting:
+    r"""The :class:`Weighting` of a stateless rule for the coefficients on the weighted gradients.
 
-    ``coefficients_fn(ΛGΛ) -> β`` gives the update Σ_i β_i h_i on the weighted gradients
-    h_i = λ_i g_i; a non-finite G poisons the coefficients (see `_gram.guard_non_finite`).
+    ``rule(ΛGΛ) -> b`` gives coefficients on :math:`h_i = \lambda_i g_i` from their Gram
+    matrix; the weighting returns β = λ ⊙ b on the raw gradients, and NaN where G is not finite
+    (see `_gram.guard_non_finite`).
 
     Examples:
-      The mean of the weighted task gradients, as a transformation:
+      The mean of the weighted task gradients:
 
       >>> import jax.numpy as jnp
-      >>> from camegrad_jax._aggregation import gram_weighting_transformation
-      >>> tx = gram_weighting_transformation(
-      ...     lambda gram: jnp.full(gram.shape[0], 0.5), name="mean", num_tasks=2,
-      ...     task_weights=[1.0, 3.0])
-      >>> grads = {"w": jnp.array([[2.0, 0.0], [0.0, 2.0]])}
-      >>> tx.update(grads, tx.init({"w": jnp.zeros(2)}))[0]["w"]  # (h_1 + h_2) / 2
-      Array([1., 3.], dtype=float32)
+      >>> from camegrad_jax._aggregation import stateless_weighting
+      >>> mean = stateless_weighting(lambda gram: jnp.full(gram.shape[0], 0.5))
+      >>> mean.update(jnp.eye(2), mean.init(2), jnp.array([1.0, 3.0])).coefficients
+      Array([0.5, 1.5], dtype=float32)
     """
 
-    def weighting(gram, state, weights, **extra_args) -> WeightingResult:
+    def update(gram, state, weights, **extra_args) -> WeightingResult:
         del extra_args
-        beta = coefficients_fn(_gram.weighted_gram(gram, weights))
+        beta = rule(_gram.weighted_gram(gram, weights))
         coefficients, state = _gram.guard_non_finite(gram, beta * weights, state, state)
         return WeightingResult(coefficients, state)
 
-    return stacked_gradient_transformation(
-        weighting,
-        lambda k: optax.EmptyState(),
-        name=name,
-        num_tasks=num_tasks,
-        task_weights=task_weights,
-        shared_mask=shared_mask,
+    return Weighting(lambda k: optax.EmptyState(), update)
+
+
+class SplitLeaves(NamedTuple):
+    """The leaves of stacked gradients, split by the shared-leaf mask."""
+
+    treedef: Any  # The stacked gradients' (and the update's) tree structure.
+    mask: list[bool]  # One flag per leaf: True where the leaf is shared.
+    shared: list[jax.Array]  # The shared leaves, (K, *shape) each.
+    private: list[jax.Array]  # The other leaves, (K, *shape) each.
+    dtype: jnp.dtype  # The accumulation dtype of all leaves (≥ float32).
+
+    def shared_of(self, tree: Any) -> list[jax.Array]:
+        """The shared leaves of a tree of the same structure (e.g. the update)."""
+        leaves = self.treedef.flatten_up_to(tree)
+        return [x for x, is_shared in zip(leaves, self.mask, strict=True) if is_shared]
+
+    def replace_shared(self, tree: Any, shared: Sequence[jax.Array]) -> Any:
+        """A tree of the same structure with its shared leaves replaced by `shared`."""
+        leaves = self.treedef.flatten_up_to(tree)
+        private = [x for x, is_shared in zip(leaves, self.mask, strict=True) if not is_shared]
+        return self.merge(shared, private)
+
+    def merge(self, shared: Sequence[jax.Array], private: Sequence[jax.Array]) -> Any:
+        """The tree whose shared leaves are `shared` and whose other leaves are `private`."""
+        return jax.tree.unflatten(self.treedef, _tree.merge_by_mask(shared, private, self.mask))
+
+
+def split_leaves(task_updates: Any, shared_mask: _tree.MaskOrFn, params: Any) -> SplitLeaves:
+    """Splits stacked gradients into their shared and other leaves (see :class:`SplitLeaves`)."""
+    leaves, treedef = jax.tree.flatten(task_updates)
+    mask = _tree.resolve_mask(shared_mask, task_updates, params) or [True] * len(leaves)
+    return SplitLeaves(
+        treedef=treedef,
+        mask=mask,
+        shared=[leaf for leaf, is_shared in zip(leaves, mask, strict=True) if is_shared],
+        private=[leaf for leaf, is_shared in zip(leaves, mask, strict=True) if not is_shared],
+        dtype=_tree.accumulation_dtype(leaves),
     )
+
+
+def weight_every_leaf(
+    inner: optax.GradientTransformationExtraArgs, shared_mask: _tree.MaskOrFn
+) -> optax.GradientTransformationExtraArgs:
+    """Applies the coefficients of a builder's transformation to every leaf, not only the shared.
+
+    ``inner`` (from :func:`stacked_gradient_transformation` with this ``shared_mask``) forms G
+    on the masked leaves only; the wrapped transformation updates the other leaves by
+    Σ_i β_i g_i as well, instead of Σ_i λ_i g_i: for methods whose coefficients weight whole
+    task losses but are computed from one layer's gradients (GradNorm, ExcessMTL). The state is
+    ``inner``'s; the other leaves receive its stored (float32) coefficients.
+    """
+
+    def update_fn(task_updates, state, params=None, **extra_args):
+        updates, state = inner.update(task_updates, state, params, **extra_args)
+        split = split_leaves(task_updates, shared_mask, params)
+        private = _tree.combine(split.private, state.coefficients.astype(split.dtype))
+        return split.merge(split.shared_of(updates), private), state
+
+    return optax.GradientTransformationExtraArgs(inner.init, update_fn)
 
 
 def _scale_norms(stats: GradientStats, scale: jax.Array) -> GradientStats:
@@ -117,26 +195,20 @@ def _scale_norms(stats: GradientStats, scale: jax.Array) -> GradientStats:
 
 def stacked_gradient_transformation(
     weighting: Weighting,
-    init_method_state: Callable[[int], Any],
     *,
     name: str,
     num_tasks: int | None,
     task_weights: Any,
     shared_mask: _tree.MaskOrFn = None,
     uses_gram: bool = True,
-    perturbation: Perturbation | None = None,
-    weight_all_leaves: bool = False,
-    leaf_scaling: LeafScaling | None = None,
     hyperparams_valid: _validation.Verdict = True,
     gram_homogeneity: float | jax.Array = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
     """Builds the optax transformation of a weighting (see the module docstring).
 
     Args:
-      weighting: ``(gram, method_state, task_weights, **extra_args) -> WeightingResult``; gram is
-        the Gram matrix of the raw task gradients on the shared leaves, or None when
-        ``uses_gram`` is False.
-      init_method_state: ``K -> method_state``.
+      weighting: the method's :class:`Weighting`; its ``update`` receives the Gram matrix of the
+        raw task gradients on the shared leaves, or None when ``uses_gram`` is False.
       name: the public factory's name, for error messages.
       num_tasks: K, when known at construction. Without it (and without ``task_weights``),
         ``init`` returns a state with an empty task axis that the first ``update`` replaces by
@@ -145,12 +217,6 @@ def stacked_gradient_transformation(
       task_weights: static weights λ or None; checked against K at update.
       shared_mask: shared leaves (see :func:`camegrad_jax.camegrad`).
       uses_gram: whether the weighting needs G (if not, G is also skipped for diagnostics).
-      perturbation: optional hook applied to the shared leaves' update.
-      weight_all_leaves: apply the coefficients β to every leaf, not only to the shared ones; the
-        mask then only selects the leaves G is formed on. For a method whose weights scale whole
-        task losses but are computed from one layer's gradients (GradNorm).
-      leaf_scaling: optional per-leaf factors of the shared leaves' update, computed from the
-        shared leaves' Gram matrices one by one (G is then their sum: no extra pass).
       gram_homogeneity: the degree h with β(s·G) = s^h β(G) for s > 0. The weighting receives G
         divided by a power of two when the gradients' scale leaves float range, and this
         restores the coefficients; 0 (the default) for weightings of G's shape alone (CAME-Grad,
@@ -165,7 +231,7 @@ def stacked_gradient_transformation(
 
     def sized_state(k: int) -> MultiTaskState:
         return MultiTaskState(
-            method_state=init_method_state(k),
+            method_state=weighting.init(k),
             coefficients=jnp.zeros((k,), jnp.float32),
             stats=empty_stats(k) if uses_gram else optax.EmptyState(),
         )
@@ -192,22 +258,18 @@ def stacked_gradient_transformation(
             )
         if params is not None:
             _tree.check_stacked_against_params(task_updates, params, k)
-        leaves, treedef = jax.tree.flatten(task_updates)
-        mask = _tree.resolve_mask(shared_mask, task_updates, params) or [True] * len(leaves)
-        shared = [leaf for leaf, is_shared in zip(leaves, mask, strict=True) if is_shared]
-        private = [leaf for leaf, is_shared in zip(leaves, mask, strict=True) if not is_shared]
-        dtype = _tree.accumulation_dtype(leaves)
+        split = split_leaves(task_updates, shared_mask, params)
+        dtype = split.dtype
         weights = _validation.weights_vector(task_weights, k, dtype)
 
         # G = scale² · gram: out-of-range gradients are rescaled (see `_tree.gram_in_range`).
         scale = jnp.ones((), dtype)
         gram = None
-        if leaf_scaling is not None:
-            leaf_grams, scale = _tree.gram_in_range(shared, dtype, per_leaf=True)
-            gram = sum(leaf_grams[1:], leaf_grams[0])
-        elif uses_gram:
-            (gram,), scale = _tree.gram_in_range(shared, dtype)
-        coefficients, method_state = weighting(gram, state.method_state, weights, **extra_args)
+        if uses_gram:
+            (gram,), scale = _tree.gram_in_range(split.shared, dtype)
+        coefficients, method_state = weighting.update(
+            gram, state.method_state, weights, **extra_args
+        )
         coefficients = coefficients.astype(dtype)
         if _validation.is_traced(gram_homogeneity) or gram_homogeneity:
             # β(scale² G) = scale^(2h) β(G) for a weighting homogeneous of degree h in G (h may
@@ -225,34 +287,15 @@ def stacked_gradient_transformation(
         stats = state.stats
         if uses_gram:
             stats = _scale_norms(gradient_stats(gram, coefficients, weights), scale)
-        if leaf_scaling is not None:
-            factors = leaf_scaling(leaf_grams, coefficients, weights).astype(dtype)
-            shared_out = [
-                _tree.combine([leaf], factor * coefficients)[0]
-                for leaf, factor in zip(shared, factors, strict=True)
-            ]
-            if uses_gram:
-                norm_sq = sum(
-                    jnp.square(factor) * (coefficients @ leaf_gram @ coefficients)
-                    for factor, leaf_gram in zip(factors, leaf_grams, strict=True)
-                )
-                stats = stats._replace(update_norm=scale * jnp.sqrt(jnp.maximum(norm_sq, 0.0)))
-        else:
-            shared_out = _tree.combine(shared, coefficients)
-        if perturbation is not None:
-            shared_out, method_state = perturbation(shared_out, method_state)
-            if uses_gram:
-                # The perturbation moved the update off span{g_i}: measure it directly.
-                norm_sq = sum(jnp.sum(jnp.square(x.astype(dtype))) for x in shared_out)
-                stats = stats._replace(update_norm=jnp.sqrt(norm_sq))
-        private_coefficients = coefficients if weight_all_leaves else weights
-        out = _tree.merge_by_mask(shared_out, _tree.combine(private, private_coefficients), mask)
+        updates = split.merge(
+            _tree.combine(split.shared, coefficients), _tree.combine(split.private, weights)
+        )
         new_state = MultiTaskState(
             method_state=jax.tree.map(stored, method_state),
             coefficients=stored(coefficients),
             stats=jax.tree.map(stored, stats),
         )
-        return jax.tree.unflatten(treedef, out), new_state
+        return updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -9,7 +9,11 @@ import jax.numpy as jnp
 import optax
 
 from camegrad_jax import _gram, _tree, _validation
-from camegrad_jax._aggregation import gram_weighting_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    stacked_gradient_transformation,
+    stateless_weighting,
+)
 
 ScaleMode = Literal["min", "median", "rmse"]
 SCALE_MODES: tuple[str, ...] = ("min", "median", "rmse")
@@ -37,6 +41,13 @@ def aligned_mtl_coefficients(gram: jax.Array, scale_mode: ScaleMode = "min") -> 
     inverse_sqrt = jnp.where(kept, 1.0 / jnp.sqrt(jnp.where(kept, eigenvalues, 1.0)), 0.0)
     balance = jnp.sqrt(reference) * (eigenvectors * inverse_sqrt) @ eigenvectors.T
     return balance @ jnp.ones((num_tasks,), gram.dtype)
+
+
+def aligned_mtl_weighting(*, scale_mode: ScaleMode = "min") -> Weighting:
+    """Aligned-MTL's :class:`~camegrad_jax.Weighting` (see :func:`aligned_mtl`): stateless, from
+    the Gram matrix of the raw task gradients and the task weights."""
+    _validation.check_choice(scale_mode, SCALE_MODES, "scale_mode")
+    return stateless_weighting(lambda gram: aligned_mtl_coefficients(gram, scale_mode))
 
 
 def aligned_mtl(
@@ -98,8 +109,8 @@ def aligned_mtl(
     """
     _validation.check_choice(scale_mode, SCALE_MODES, "scale_mode")
 
-    return gram_weighting_transformation(
-        lambda gram: aligned_mtl_coefficients(gram, scale_mode),
+    return stacked_gradient_transformation(
+        aligned_mtl_weighting(scale_mode=scale_mode),
         name="aligned_mtl",
         num_tasks=num_tasks,
         task_weights=task_weights,

@@ -15,7 +15,11 @@ import numpy as np
 import optax
 
 from camegrad_jax import _dual, _gram, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    WeightingResult,
+    stacked_gradient_transformation,
+)
 from camegrad_jax._conflict_averse import conflict_averse_direction
 from camegrad_jax._diagnostics import quadratic_norm
 
@@ -121,6 +125,55 @@ def cagrad_weights(
     )
 
 
+def cagrad_weighting(
+    *,
+    c: float = 0.5,
+    rescale: int = 1,
+    solver: _dual.Solver = "jaxopt",
+    solver_tol: float | None = None,
+    solver_maxiter: int = 200,
+) -> Weighting:
+    """CAGrad's :class:`~camegrad_jax.Weighting` (see :func:`cagrad`, which checks the
+    hyper-parameters): from the Gram matrix of the raw task gradients, the method's state and
+    the task weights to coefficients on the raw gradients and the new state."""
+
+    def init_method_state(k: int) -> CAGradState:
+        return CAGradState(
+            dual_weights=jnp.full((k,), 1.0 / k, jnp.float32),
+            direction_norm=jnp.zeros((), jnp.float32),
+            solver_iterations=jnp.zeros((), jnp.int32),
+            solver_error=jnp.zeros((), jnp.float32),
+            duality_gap=jnp.zeros((), jnp.float32),
+        )
+
+    def weighting(gram, state: CAGradState, weights, **extra_args) -> WeightingResult:
+        del extra_args
+        result = cagrad_weights(
+            gram,
+            c=c,
+            rescale=rescale,
+            task_weights=weights,
+            init_weights=state.dual_weights,
+            solver=solver,
+            solver_tol=solver_tol,
+            solver_maxiter=solver_maxiter,
+        )
+        new_state = CAGradState(
+            dual_weights=result.dual_weights,
+            direction_norm=result.direction_norm,
+            solver_iterations=result.solver_iterations,
+            solver_error=result.solver_error,
+            duality_gap=result.duality_gap,
+        )
+        # The coefficients are already poisoned; keep the warm start clean too.
+        coefficients, new_state = _gram.guard_non_finite(
+            gram, result.coefficients, new_state, state
+        )
+        return WeightingResult(coefficients, new_state)
+
+    return Weighting(init_method_state, weighting)
+
+
 def cagrad(
     c: float = 0.5,
     *,
@@ -198,43 +251,14 @@ def cagrad(
     )
     _check_rescale(rescale)
 
-    def init_method_state(k: int) -> CAGradState:
-        return CAGradState(
-            dual_weights=jnp.full((k,), 1.0 / k, jnp.float32),
-            direction_norm=jnp.zeros((), jnp.float32),
-            solver_iterations=jnp.zeros((), jnp.int32),
-            solver_error=jnp.zeros((), jnp.float32),
-            duality_gap=jnp.zeros((), jnp.float32),
-        )
-
-    def weighting(gram, state: CAGradState, weights, **extra_args) -> WeightingResult:
-        del extra_args
-        result = cagrad_weights(
-            gram,
+    return stacked_gradient_transformation(
+        cagrad_weighting(
             c=c,
             rescale=rescale,
-            task_weights=weights,
-            init_weights=state.dual_weights,
             solver=solver,
             solver_tol=solver_tol,
             solver_maxiter=solver_maxiter,
-        )
-        new_state = CAGradState(
-            dual_weights=result.dual_weights,
-            direction_norm=result.direction_norm,
-            solver_iterations=result.solver_iterations,
-            solver_error=result.solver_error,
-            duality_gap=result.duality_gap,
-        )
-        # The coefficients are already poisoned; keep the warm start clean too.
-        coefficients, new_state = _gram.guard_non_finite(
-            gram, result.coefficients, new_state, state
-        )
-        return WeightingResult(coefficients, new_state)
-
-    return stacked_gradient_transformation(
-        weighting,
-        init_method_state,
+        ),
         name="cagrad",
         num_tasks=num_tasks,
         task_weights=task_weights,

@@ -25,7 +25,13 @@ import jax.numpy as jnp
 import optax
 
 from camegrad_jax import _dual, _gram, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    WeightingResult,
+    split_leaves,
+    stacked_gradient_transformation,
+    stored,
+)
 from camegrad_jax._conflict_averse import conflict_averse_direction
 from camegrad_jax._diagnostics import quadratic_norm
 
@@ -185,6 +191,68 @@ def _check_enhance(enhance: Any) -> None:
         )
 
 
+def camegrad_weighting(
+    *,
+    c: float = 0.5,
+    gamma: float = 1.5,
+    alpha: float = 0.2,
+    rectify: bool = True,
+    enhance: Enhance = True,
+    fuse: bool = True,
+    solver: _dual.Solver = "jaxopt",
+    solver_tol: float | None = None,
+    solver_maxiter: int = 200,
+    seed: int = 0,
+) -> Weighting:
+    """CAME-Grad's :class:`~camegrad_jax.Weighting` (see :func:`camegrad`, which checks the
+    hyper-parameters): from the Gram matrix of the raw task gradients, the method's state and
+    the task weights to coefficients on the raw gradients and the new state."""
+
+    def init_method_state(k: int) -> CameGradState:
+        return CameGradState(
+            dual_weights=jnp.full((k,), 1.0 / k, jnp.float32),
+            direction_norm=jnp.zeros((), jnp.float32),
+            noise_norm=jnp.zeros((), jnp.float32),
+            solver_iterations=jnp.zeros((), jnp.int32),
+            solver_error=jnp.zeros((), jnp.float32),
+            duality_gap=jnp.zeros((), jnp.float32),
+            key=jax.random.PRNGKey(seed),
+        )
+
+    def weighting(gram, state: CameGradState, weights, **extra_args) -> WeightingResult:
+        del extra_args  # Tolerated, as by any chain member that does not need them.
+        result = camegrad_weights(
+            gram,
+            c=c,
+            gamma=gamma,
+            alpha=alpha,
+            task_weights=weights,
+            rectify=rectify,
+            enhance=enhance,
+            fuse=fuse,
+            init_weights=state.dual_weights,
+            solver=solver,
+            solver_tol=solver_tol,
+            solver_maxiter=solver_maxiter,
+        )
+        new_state = CameGradState(
+            dual_weights=result.dual_weights,
+            direction_norm=result.direction_norm,
+            noise_norm=result.noise_norm,
+            solver_iterations=result.solver_iterations,
+            solver_error=result.solver_error,
+            duality_gap=result.duality_gap,
+            key=state.key,
+        )
+        # A non-finite step must not leave NaN in the warm start of the next one.
+        coefficients, new_state = _gram.guard_non_finite(
+            gram, result.coefficients, new_state, state
+        )
+        return WeightingResult(coefficients, new_state)
+
+    return Weighting(init_method_state, weighting)
+
+
 def camegrad(
     c: float = 0.5,
     gamma: float = 1.5,
@@ -301,62 +369,52 @@ def camegrad(
         _dual.check_solver_options(solver, solver_tol, solver_maxiter),
     )
 
-    def init_method_state(k: int) -> CameGradState:
-        return CameGradState(
-            dual_weights=jnp.full((k,), 1.0 / k, jnp.float32),
-            direction_norm=jnp.zeros((), jnp.float32),
-            noise_norm=jnp.zeros((), jnp.float32),
-            solver_iterations=jnp.zeros((), jnp.int32),
-            solver_error=jnp.zeros((), jnp.float32),
-            duality_gap=jnp.zeros((), jnp.float32),
-            key=jax.random.PRNGKey(seed),
-        )
-
-    def weighting(gram, state: CameGradState, weights, **extra_args) -> WeightingResult:
-        del extra_args  # Tolerated, as by any chain member that does not need them.
-        result = camegrad_weights(
-            gram,
+    transformation = stacked_gradient_transformation(
+        camegrad_weighting(
             c=c,
             gamma=gamma,
             alpha=alpha,
-            task_weights=weights,
             rectify=rectify,
             enhance=enhance,
             fuse=fuse,
-            init_weights=state.dual_weights,
             solver=solver,
             solver_tol=solver_tol,
             solver_maxiter=solver_maxiter,
-        )
-        new_state = CameGradState(
-            dual_weights=result.dual_weights,
-            direction_norm=result.direction_norm,
-            noise_norm=result.noise_norm,
-            solver_iterations=result.solver_iterations,
-            solver_error=result.solver_error,
-            duality_gap=result.duality_gap,
-            key=state.key,
-        )
-        # A non-finite step must not leave NaN in the warm start of the next one.
-        coefficients, new_state = _gram.guard_non_finite(
-            gram, result.coefficients, new_state, state
-        )
-        return WeightingResult(coefficients, new_state)
-
-    def add_noise(leaves, state: CameGradState):
-        key, noisy = _add_isotropic_noise(state.key, leaves, state.noise_norm)
-        return noisy, state._replace(key=key)
-
-    return stacked_gradient_transformation(
-        weighting,
-        init_method_state,
+            seed=seed,
+        ),
         name="camegrad",
         num_tasks=num_tasks,
         task_weights=task_weights,
         shared_mask=shared_mask,
-        perturbation=add_noise if enhance == "noise" else None,
         hyperparams_valid=hyperparams_valid,
     )
+    if enhance == "noise":
+        return _with_setting_b_noise(transformation, shared_mask)
+    return transformation
+
+
+def _with_setting_b_noise(
+    inner: optax.GradientTransformationExtraArgs, shared_mask: _tree.MaskOrFn
+) -> optax.GradientTransformationExtraArgs:
+    """Setting B: ``inner``'s update plus isotropic noise on the shared leaves, of the expected
+    norm that :func:`camegrad_weights` left in the state (``noise_norm``)."""
+
+    def update_fn(task_updates, state, params=None, **extra_args):
+        updates, state = inner.update(task_updates, state, params, **extra_args)
+        split = split_leaves(task_updates, shared_mask, params)
+        method_state: CameGradState = state.method_state
+        key, noisy = _add_isotropic_noise(
+            method_state.key, split.shared_of(updates), method_state.noise_norm.astype(split.dtype)
+        )
+        # The noise moved the update off span{g_i}: its norm is measured directly.
+        norm_sq = sum(jnp.sum(jnp.square(x.astype(split.dtype))) for x in noisy)
+        new_state = state._replace(
+            method_state=method_state._replace(key=key),
+            stats=state.stats._replace(update_norm=stored(jnp.sqrt(norm_sq))),
+        )
+        return split.replace_shared(updates, noisy), new_state
+
+    return optax.GradientTransformationExtraArgs(inner.init, update_fn)
 
 
 def _add_isotropic_noise(key, leaves, expected_norm):

@@ -10,7 +10,11 @@ import jax.numpy as jnp
 import optax
 
 from camegrad_jax import _gram, _tree
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    WeightingResult,
+    stacked_gradient_transformation,
+)
 
 
 def config_coefficients(gram: jax.Array, direction_weights: jax.Array) -> jax.Array:
@@ -42,6 +46,21 @@ def config_coefficients(gram: jax.Array, direction_weights: jax.Array) -> jax.Ar
     round_off = 64 * jnp.finfo(gram.dtype).eps * (jnp.abs(b) @ jnp.abs(gram) @ jnp.abs(b))
     resolvable = norm_sq > round_off
     return jnp.where(resolvable, b * (jnp.sum(gram_b) / jnp.where(resolvable, norm_sq, 1.0)), 0.0)
+
+
+def config_weighting() -> Weighting:
+    """ConFIG's :class:`~camegrad_jax.Weighting` (see :func:`config`, which checks the
+    hyper-parameters): from the Gram matrix of the raw task gradients, the method's state and
+    the task weights to coefficients on the raw gradients and the new state."""
+
+    def weighting(gram, state, weights, **extra_args) -> WeightingResult:
+        del extra_args
+        # On h_i = λ_i g_i: the unit vectors are unchanged, and Σ_j <h_j, d̂> weights the length.
+        beta = config_coefficients(_gram.weighted_gram(gram, weights), weights)
+        coefficients, state = _gram.guard_non_finite(gram, beta * weights, state, state)
+        return WeightingResult(coefficients, state)
+
+    return Weighting(lambda k: optax.EmptyState(), weighting)
 
 
 def config(
@@ -109,16 +128,8 @@ def config(
       Networks, ICLR 2025. https://arxiv.org/abs/2408.11104
     """
 
-    def weighting(gram, state, weights, **extra_args) -> WeightingResult:
-        del extra_args
-        # On h_i = λ_i g_i: the unit vectors are unchanged, and Σ_j <h_j, d̂> weights the length.
-        beta = config_coefficients(_gram.weighted_gram(gram, weights), weights)
-        coefficients, state = _gram.guard_non_finite(gram, beta * weights, state, state)
-        return WeightingResult(coefficients, state)
-
     return stacked_gradient_transformation(
-        weighting,
-        lambda k: optax.EmptyState(),
+        config_weighting(),
         name="config",
         num_tasks=num_tasks,
         task_weights=task_weights,

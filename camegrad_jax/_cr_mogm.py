@@ -23,7 +23,11 @@ import jax.numpy as jnp
 import optax
 
 from camegrad_jax import _dual, _gram, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    WeightingResult,
+    stacked_gradient_transformation,
+)
 from camegrad_jax._mgda import NORMALIZATIONS, Normalization, mgda_weights
 
 _NAME = "cr_mogm"
@@ -35,6 +39,51 @@ class CRMOGMState(NamedTuple):
     smoothed_weights: jax.Array  # (K,) float32, λ_t: the moving average of MGDA's weights.
     count: jax.Array  # () int32, accepted updates so far.
     mgda_weights: jax.Array  # (K,) float32, λ̂_t: MGDA's weights, the next solve's warm start.
+
+
+def cr_mogm_weighting(
+    *,
+    alpha: float = 0.9,
+    normalization: Normalization = "none",
+    solver: _dual.Solver = "jaxopt",
+    solver_tol: float | None = None,
+    solver_maxiter: int = 200,
+) -> Weighting:
+    """CR-MOGM's :class:`~camegrad_jax.Weighting` (see :func:`cr_mogm`, which checks the
+    hyper-parameters): from the Gram matrix of the raw task gradients, the method's state and
+    the task weights to coefficients on the raw gradients and the new state."""
+
+    def init_method_state(k: int) -> CRMOGMState:
+        uniform = jnp.full((k,), 1.0 / k, jnp.float32)
+        return CRMOGMState(
+            smoothed_weights=uniform, count=jnp.zeros((), jnp.int32), mgda_weights=uniform
+        )
+
+    def weighting(gram, state: CRMOGMState, weights, **extra_args) -> WeightingResult:
+        dtype = gram.dtype
+        fresh = mgda_weights(
+            gram,
+            normalization=normalization,
+            losses=extra_args.get("value"),
+            task_weights=weights,
+            init_weights=state.mgda_weights.astype(dtype),
+            solver=solver,
+            solver_tol=solver_tol,
+            solver_maxiter=solver_maxiter,
+        ).dual_weights
+        decay = jnp.asarray(alpha, dtype)
+        previous = state.smoothed_weights.astype(dtype)
+        smoothed = jnp.where(state.count > 0, decay * previous + (1 - decay) * fresh, fresh)
+        new_state = CRMOGMState(
+            smoothed_weights=smoothed,
+            count=optax.safe_int32_increment(state.count),
+            mgda_weights=fresh,
+        )
+        # Non-finite gradients poison the coefficients and leave the state as it was.
+        coefficients, new_state = _gram.guard_non_finite(gram, smoothed * weights, new_state, state)
+        return WeightingResult(coefficients, new_state)
+
+    return Weighting(init_method_state, weighting)
 
 
 def cr_mogm(
@@ -115,39 +164,14 @@ def cr_mogm(
         _dual.check_solver_options(solver, solver_tol, solver_maxiter),
     )
 
-    def init_method_state(k: int) -> CRMOGMState:
-        uniform = jnp.full((k,), 1.0 / k, jnp.float32)
-        return CRMOGMState(
-            smoothed_weights=uniform, count=jnp.zeros((), jnp.int32), mgda_weights=uniform
-        )
-
-    def weighting(gram, state: CRMOGMState, weights, **extra_args) -> WeightingResult:
-        dtype = gram.dtype
-        fresh = mgda_weights(
-            gram,
+    return stacked_gradient_transformation(
+        cr_mogm_weighting(
+            alpha=alpha,
             normalization=normalization,
-            losses=extra_args.get("value"),
-            task_weights=weights,
-            init_weights=state.mgda_weights.astype(dtype),
             solver=solver,
             solver_tol=solver_tol,
             solver_maxiter=solver_maxiter,
-        ).dual_weights
-        decay = jnp.asarray(alpha, dtype)
-        previous = state.smoothed_weights.astype(dtype)
-        smoothed = jnp.where(state.count > 0, decay * previous + (1 - decay) * fresh, fresh)
-        new_state = CRMOGMState(
-            smoothed_weights=smoothed,
-            count=optax.safe_int32_increment(state.count),
-            mgda_weights=fresh,
-        )
-        # Non-finite gradients poison the coefficients and leave the state as it was.
-        coefficients, new_state = _gram.guard_non_finite(gram, smoothed * weights, new_state, state)
-        return WeightingResult(coefficients, new_state)
-
-    return stacked_gradient_transformation(
-        weighting,
-        init_method_state,
+        ),
         name=_NAME,
         num_tasks=num_tasks,
         task_weights=task_weights,

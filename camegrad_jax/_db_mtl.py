@@ -21,7 +21,11 @@ import jax.numpy as jnp
 import optax
 
 from camegrad_jax import _loss_values, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    WeightingResult,
+    stacked_gradient_transformation,
+)
 from camegrad_jax._tracking import tracked_gradient_transformation
 
 _NAME = "db_mtl"
@@ -131,8 +135,7 @@ def db_mtl(
         return WeightingResult(coefficients, method_state)
 
     balance = stacked_gradient_transformation(
-        weighting,
-        lambda k: optax.EmptyState(),
+        Weighting(lambda k: optax.EmptyState(), weighting),
         name=_NAME,
         num_tasks=num_tasks,
         task_weights=None,

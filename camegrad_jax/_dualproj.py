@@ -10,7 +10,11 @@ import jax.numpy as jnp
 import optax
 
 from camegrad_jax import _tree
-from camegrad_jax._aggregation import gram_weighting_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    stacked_gradient_transformation,
+    stateless_weighting,
+)
 from camegrad_jax._cone import project_onto_dual_cone
 
 
@@ -27,6 +31,12 @@ def dualproj_coefficients(gram: jax.Array) -> jax.Array:
     """
     num_tasks = gram.shape[0]
     return project_onto_dual_cone(gram, jnp.full((num_tasks,), 1.0 / num_tasks, gram.dtype))
+
+
+def dualproj_weighting() -> Weighting:
+    """DualProj's :class:`~camegrad_jax.Weighting` (see :func:`dualproj`): stateless, from the Gram
+    matrix of the raw task gradients and the task weights."""
+    return stateless_weighting(dualproj_coefficients)
 
 
 def dualproj(
@@ -87,8 +97,8 @@ def dualproj(
       https://arxiv.org/abs/1706.08840 ; Quinton & Rey, Jacobian Descent for Multi-Objective
       Optimization, 2024 (torchjd). https://arxiv.org/abs/2406.16232
     """
-    return gram_weighting_transformation(
-        dualproj_coefficients,
+    return stacked_gradient_transformation(
+        dualproj_weighting(),
         name="dualproj",
         num_tasks=num_tasks,
         task_weights=task_weights,

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import optax
 
 from camegrad_jax import _loss_values, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import WeightingResult
+from camegrad_jax._loss_weighting import LossWeighting, loss_weighting_transformation
 
 _NAME = "dwa"
 
@@ -33,6 +34,51 @@ class DWAState(NamedTuple):
     last_average: jax.Array  # (K,) float32, L̄(e − 1), the last complete epoch's average.
     previous_average: jax.Array  # (K,) float32, L̄(e − 2).
     completed_epochs: jax.Array  # () int32, complete epochs so far, saturating at 2.
+
+
+def dwa_weighting(*, epoch_length: int, temperature: float = 2.0) -> LossWeighting:
+    """DWA's :class:`~camegrad_jax.LossWeighting` (see :func:`dwa`, which checks
+    the hyper-parameters): from the raw task losses, the method's state and the task weights
+    to coefficients on the raw gradients and the new state."""
+
+    def init_method_state(k: int) -> DWAState:
+        zeros = jnp.zeros((k,), jnp.float32)
+        return DWAState(
+            step_in_epoch=jnp.zeros((), jnp.int32),
+            epoch_loss_sum=zeros,
+            last_average=zeros,
+            previous_average=zeros,
+            completed_epochs=jnp.zeros((), jnp.int32),
+        )
+
+    def weighting(losses, state: DWAState, weights):
+        dtype = weights.dtype
+        k = weights.shape[0]
+        losses = weights * losses
+
+        last, previous = state.last_average.astype(dtype), state.previous_average.astype(dtype)
+        ratio = jnp.where(previous > 0, last / jnp.where(previous > 0, previous, 1.0), 1.0)
+        dynamic = k * jax.nn.softmax(ratio / jnp.asarray(temperature, dtype))
+        loss_weights = jnp.where(state.completed_epochs >= 2, dynamic, jnp.ones_like(dynamic))
+
+        # Accumulate this step's losses; close the epoch after `epoch_length` steps.
+        step = state.step_in_epoch + 1
+        total = state.epoch_loss_sum.astype(dtype) + losses
+        closes = step >= jnp.asarray(epoch_length, jnp.int32)
+        average = total / jnp.asarray(epoch_length, dtype)
+        stepped = DWAState(
+            step_in_epoch=jnp.where(closes, 0, step).astype(jnp.int32),
+            epoch_loss_sum=jnp.where(closes, jnp.zeros_like(total), total),
+            last_average=jnp.where(closes, average, last),
+            previous_average=jnp.where(closes, last, previous),
+            completed_epochs=jnp.minimum(state.completed_epochs + closes.astype(jnp.int32), 2),
+        )
+        finite = _loss_values.all_finite(losses)
+        new_state = _loss_values.keep_if(finite, stepped, state)
+        coefficients = jnp.where(finite, loss_weights * weights, jnp.nan)
+        return WeightingResult(coefficients, new_state)
+
+    return LossWeighting(init_method_state, weighting)
 
 
 def dwa(
@@ -101,51 +147,11 @@ def dwa(
         _validation.check_positive(temperature, "temperature"),
     )
 
-    def init_method_state(k: int) -> DWAState:
-        zeros = jnp.zeros((k,), jnp.float32)
-        return DWAState(
-            step_in_epoch=jnp.zeros((), jnp.int32),
-            epoch_loss_sum=zeros,
-            last_average=zeros,
-            previous_average=zeros,
-            completed_epochs=jnp.zeros((), jnp.int32),
-        )
-
-    def weighting(gram, state: DWAState, weights, **extra_args):
-        del gram
-        dtype = weights.dtype
-        k = weights.shape[0]
-        losses = weights * _loss_values.task_losses(extra_args, k, _NAME, dtype)
-
-        last, previous = state.last_average.astype(dtype), state.previous_average.astype(dtype)
-        ratio = jnp.where(previous > 0, last / jnp.where(previous > 0, previous, 1.0), 1.0)
-        dynamic = k * jax.nn.softmax(ratio / jnp.asarray(temperature, dtype))
-        loss_weights = jnp.where(state.completed_epochs >= 2, dynamic, jnp.ones_like(dynamic))
-
-        # Accumulate this step's losses; close the epoch after `epoch_length` steps.
-        step = state.step_in_epoch + 1
-        total = state.epoch_loss_sum.astype(dtype) + losses
-        closes = step >= jnp.asarray(epoch_length, jnp.int32)
-        average = total / jnp.asarray(epoch_length, dtype)
-        stepped = DWAState(
-            step_in_epoch=jnp.where(closes, 0, step).astype(jnp.int32),
-            epoch_loss_sum=jnp.where(closes, jnp.zeros_like(total), total),
-            last_average=jnp.where(closes, average, last),
-            previous_average=jnp.where(closes, last, previous),
-            completed_epochs=jnp.minimum(state.completed_epochs + closes.astype(jnp.int32), 2),
-        )
-        finite = _loss_values.all_finite(losses)
-        new_state = _loss_values.keep_if(finite, stepped, state)
-        coefficients = jnp.where(finite, loss_weights * weights, jnp.nan)
-        return WeightingResult(coefficients, new_state)
-
-    return stacked_gradient_transformation(
-        weighting,
-        init_method_state,
+    return loss_weighting_transformation(
+        dwa_weighting(epoch_length=epoch_length, temperature=temperature),
         name=_NAME,
         num_tasks=num_tasks,
         task_weights=task_weights,
         shared_mask=shared_mask,
-        uses_gram=False,
         hyperparams_valid=hyperparams_valid,
     )

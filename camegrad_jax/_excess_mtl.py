@@ -33,8 +33,10 @@ import optax
 from camegrad_jax import _loss_values, _tree, _validation
 from camegrad_jax._aggregation import (
     MultiTaskState,
+    Weighting,
     WeightingResult,
     stacked_gradient_transformation,
+    weight_every_leaf,
 )
 
 _NAME = "excess_mtl"
@@ -184,16 +186,17 @@ def excess_mtl(
         coefficients = jnp.where(finite, loss_weights * weights, jnp.nan)
         return WeightingResult(coefficients, new_state)
 
-    inner = stacked_gradient_transformation(
-        weighting,
-        init_method_state,
-        name=_NAME,
-        num_tasks=num_tasks,
-        task_weights=task_weights,
-        shared_mask=shared_mask,
-        uses_gram=False,
-        weight_all_leaves=True,
-        hyperparams_valid=hyperparams_valid,
+    inner = weight_every_leaf(
+        stacked_gradient_transformation(
+            Weighting(init_method_state, weighting),
+            name=_NAME,
+            num_tasks=num_tasks,
+            task_weights=task_weights,
+            shared_mask=shared_mask,
+            uses_gram=False,
+            hyperparams_valid=hyperparams_valid,
+        ),
+        shared_mask,
     )
 
     def shared_leaves(tree, params) -> list[jax.Array]:

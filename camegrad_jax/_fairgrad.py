@@ -31,7 +31,11 @@ import optax
 from jax import lax
 
 from camegrad_jax import _gram, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    WeightingResult,
+    stacked_gradient_transformation,
+)
 
 # Halvings of the Newton step tried at once by the line search (vectorised, no inner loop).
 _LINE_SEARCH_STEPS = 30
@@ -170,6 +174,44 @@ def solve_fairgrad(
     return FairGradSolution(jnp.where(active, weights, 0.0), iterations, residual)
 
 
+def fairgrad_weighting(*, alpha: float = 1.0, solver_maxiter: int = 50) -> Weighting:
+    """FairGrad's :class:`~camegrad_jax.Weighting` (see :func:`fairgrad`, which checks the
+    hyper-parameters): from the Gram matrix of the raw task gradients, the method's state and
+    the task weights to coefficients on the raw gradients and the new state."""
+
+    def init_method_state(k: int) -> FairGradState:
+        return FairGradState(
+            weights=jnp.ones((k,), jnp.float32),
+            normalised_weights=jnp.ones((k,), jnp.float32),
+            solver_iterations=jnp.zeros((), jnp.int32),
+            residual=jnp.zeros((), jnp.float32),
+        )
+
+    def weighting(gram, state: FairGradState, weights, **extra_args) -> WeightingResult:
+        del extra_args
+        dtype = gram.dtype
+        num_tasks_ = gram.shape[0]
+        alpha_ = jnp.asarray(alpha, dtype)
+        normalised, trace = _gram.trace_normalise(_gram.weighted_gram(gram, weights))
+        solution = solve_fairgrad(
+            normalised, state.normalised_weights.astype(dtype), alpha_, solver_maxiter
+        )
+        # Gw = w^(−1/α) on tr(G)·Ĝ is solved by w = ŵ · tr(G)^(−α/(α+1)).
+        trace = jnp.where(trace > 0, trace, 1.0)
+        fair_weights = solution.weights * trace ** (-alpha_ / (alpha_ + 1.0))
+        new_state = FairGradState(
+            weights=fair_weights,
+            normalised_weights=jnp.where(solution.weights > 0, solution.weights, 1.0),
+            solver_iterations=solution.iterations,
+            residual=solution.residual,
+        )
+        coefficients = num_tasks_ * fair_weights * weights
+        coefficients, new_state = _gram.guard_non_finite(gram, coefficients, new_state, state)
+        return WeightingResult(coefficients, new_state)
+
+    return Weighting(init_method_state, weighting)
+
+
 def fairgrad(
     alpha: float = 1.0,
     *,
@@ -243,40 +285,9 @@ def fairgrad(
         _validation.check_positive_int(solver_maxiter, "solver_maxiter"),
     )
 
-    def init_method_state(k: int) -> FairGradState:
-        return FairGradState(
-            weights=jnp.ones((k,), jnp.float32),
-            normalised_weights=jnp.ones((k,), jnp.float32),
-            solver_iterations=jnp.zeros((), jnp.int32),
-            residual=jnp.zeros((), jnp.float32),
-        )
-
-    def weighting(gram, state: FairGradState, weights, **extra_args) -> WeightingResult:
-        del extra_args
-        dtype = gram.dtype
-        num_tasks_ = gram.shape[0]
-        alpha_ = jnp.asarray(alpha, dtype)
-        normalised, trace = _gram.trace_normalise(_gram.weighted_gram(gram, weights))
-        solution = solve_fairgrad(
-            normalised, state.normalised_weights.astype(dtype), alpha_, solver_maxiter
-        )
-        # Gw = w^(−1/α) on tr(G)·Ĝ is solved by w = ŵ · tr(G)^(−α/(α+1)).
-        trace = jnp.where(trace > 0, trace, 1.0)
-        fair_weights = solution.weights * trace ** (-alpha_ / (alpha_ + 1.0))
-        new_state = FairGradState(
-            weights=fair_weights,
-            normalised_weights=jnp.where(solution.weights > 0, solution.weights, 1.0),
-            solver_iterations=solution.iterations,
-            residual=solution.residual,
-        )
-        coefficients = num_tasks_ * fair_weights * weights
-        coefficients, new_state = _gram.guard_non_finite(gram, coefficients, new_state, state)
-        return WeightingResult(coefficients, new_state)
-
     alpha_value = jnp.asarray(alpha) if _validation.is_traced(alpha) else float(alpha)
     return stacked_gradient_transformation(
-        weighting,
-        init_method_state,
+        fairgrad_weighting(alpha=alpha, solver_maxiter=solver_maxiter),
         name="fairgrad",
         num_tasks=num_tasks,
         task_weights=task_weights,

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import optax
 
 from camegrad_jax import _loss_values, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import WeightingResult
+from camegrad_jax._loss_weighting import LossWeighting, loss_weighting_transformation
 
 _NAME = "famo"
 # The official code's guard inside the logarithm, kept as is: it is part of FAMO's formula, and
@@ -44,6 +45,57 @@ class FamoState(NamedTuple):
 def _logits_optimizer(learning_rate, weight_decay) -> optax.GradientTransformation:
     # torch.optim.Adam(weight_decay=γ) adds γ·ξ to the gradient before the moments.
     return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
+
+
+def famo_weighting(
+    *, learning_rate: float = 0.025, weight_decay: float = 1e-3, min_loss: Any = 0.0
+) -> LossWeighting:
+    """FAMO's :class:`~camegrad_jax.LossWeighting` (see :func:`famo`, which checks
+    the hyper-parameters): from the raw task losses, the method's state and the task weights
+    to coefficients on the raw gradients and the new state."""
+    optimizer = _logits_optimizer(learning_rate, weight_decay)
+
+    def init_method_state(k: int) -> FamoState:
+        logits = jnp.zeros((k,), jnp.float32)
+        return FamoState(
+            logits=logits,
+            logits_optimizer=optimizer.init(logits),
+            previous_losses=jnp.zeros((k,), jnp.float32),
+            count=jnp.zeros((), jnp.int32),
+        )
+
+    def weighting(losses, state: FamoState, weights):
+        dtype = weights.dtype
+        k = weights.shape[0]
+        losses = weights * losses
+        floor = _loss_values.per_task(min_loss, k, "min_loss", dtype)
+        log_losses = jnp.log(losses - floor + _EPSILON)
+
+        # The logits' update of the previous step, with this step's losses as its "after" losses.
+        logits = state.logits.astype(dtype)
+        decrease = jnp.log(state.previous_losses.astype(dtype) - floor + _EPSILON) - log_losses
+        _, softmax_vjp = jax.vjp(jax.nn.softmax, logits)
+        (logits_gradient,) = softmax_vjp(decrease)
+        step, stepped_optimizer = optimizer.update(logits_gradient, state.logits_optimizer, logits)
+        started = state.count > 0
+        new_logits = jnp.where(started, logits + step, logits)
+        new_optimizer = _loss_values.keep_if(started, stepped_optimizer, state.logits_optimizer)
+
+        z = jax.nn.softmax(new_logits)
+        scaled = z / (losses - floor + _EPSILON)
+        coefficients = scaled / jnp.sum(scaled)
+
+        finite = _loss_values.all_finite(log_losses, new_logits)
+        new_state = FamoState(
+            logits=jnp.where(finite, new_logits, logits),
+            logits_optimizer=_loss_values.keep_if(finite, new_optimizer, state.logits_optimizer),
+            previous_losses=jnp.where(finite, losses, state.previous_losses.astype(dtype)),
+            count=jnp.where(finite, optax.safe_int32_increment(state.count), state.count),
+        )
+        coefficients = jnp.where(finite, coefficients * weights, jnp.nan)
+        return WeightingResult(coefficients, new_state)
+
+    return LossWeighting(init_method_state, weighting)
 
 
 def famo(
@@ -128,56 +180,11 @@ def famo(
     _loss_values.check_finite_per_task(
         min_loss, "min_loss", _validation.resolve_num_tasks(num_tasks, task_weights)
     )
-    optimizer = _logits_optimizer(learning_rate, weight_decay)
-
-    def init_method_state(k: int) -> FamoState:
-        logits = jnp.zeros((k,), jnp.float32)
-        return FamoState(
-            logits=logits,
-            logits_optimizer=optimizer.init(logits),
-            previous_losses=jnp.zeros((k,), jnp.float32),
-            count=jnp.zeros((), jnp.int32),
-        )
-
-    def weighting(gram, state: FamoState, weights, **extra_args):
-        del gram
-        dtype = weights.dtype
-        k = weights.shape[0]
-        losses = weights * _loss_values.task_losses(extra_args, k, _NAME, dtype)
-        floor = _loss_values.per_task(min_loss, k, "min_loss", dtype)
-        log_losses = jnp.log(losses - floor + _EPSILON)
-
-        # The logits' update of the previous step, with this step's losses as its "after" losses.
-        logits = state.logits.astype(dtype)
-        decrease = jnp.log(state.previous_losses.astype(dtype) - floor + _EPSILON) - log_losses
-        _, softmax_vjp = jax.vjp(jax.nn.softmax, logits)
-        (logits_gradient,) = softmax_vjp(decrease)
-        step, stepped_optimizer = optimizer.update(logits_gradient, state.logits_optimizer, logits)
-        started = state.count > 0
-        new_logits = jnp.where(started, logits + step, logits)
-        new_optimizer = _loss_values.keep_if(started, stepped_optimizer, state.logits_optimizer)
-
-        z = jax.nn.softmax(new_logits)
-        scaled = z / (losses - floor + _EPSILON)
-        coefficients = scaled / jnp.sum(scaled)
-
-        finite = _loss_values.all_finite(log_losses, new_logits)
-        new_state = FamoState(
-            logits=jnp.where(finite, new_logits, logits),
-            logits_optimizer=_loss_values.keep_if(finite, new_optimizer, state.logits_optimizer),
-            previous_losses=jnp.where(finite, losses, state.previous_losses.astype(dtype)),
-            count=jnp.where(finite, optax.safe_int32_increment(state.count), state.count),
-        )
-        coefficients = jnp.where(finite, coefficients * weights, jnp.nan)
-        return WeightingResult(coefficients, new_state)
-
-    return stacked_gradient_transformation(
-        weighting,
-        init_method_state,
+    return loss_weighting_transformation(
+        famo_weighting(learning_rate=learning_rate, weight_decay=weight_decay, min_loss=min_loss),
         name=_NAME,
         num_tasks=num_tasks,
         task_weights=task_weights,
         shared_mask=shared_mask,
-        uses_gram=False,
         hyperparams_valid=hyperparams_valid,
     )

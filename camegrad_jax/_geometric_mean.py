@@ -21,9 +21,27 @@ import jax.numpy as jnp
 import optax
 
 from camegrad_jax import _loss_values, _tree
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import WeightingResult
+from camegrad_jax._loss_weighting import LossWeighting, loss_weighting_transformation
 
 _NAME = "geometric_mean"
+
+
+def geometric_mean_weighting() -> LossWeighting:
+    """Geometric-mean loss's :class:`~camegrad_jax.LossWeighting` (see
+    :func:`geometric_mean`, which checks the hyper-parameters): from the raw task losses, the
+    method's state and the task weights to coefficients on the raw gradients and the new state."""
+
+    def weighting(losses, state, weights):
+        k = weights.shape[0]
+        losses = weights * losses
+        valid = _loss_values.all_finite(losses) & jnp.all(losses > 0)
+        log_losses = jnp.log(jnp.where(valid, losses, 1.0))
+        ratios = jnp.exp(jnp.mean(log_losses) - log_losses)  # (Π ℓ)^{1/K} / ℓ_i
+        coefficients = ratios * weights / k
+        return WeightingResult(jnp.where(valid, coefficients, jnp.nan), state)
+
+    return LossWeighting(lambda k: optax.EmptyState(), weighting)
 
 
 def geometric_mean(
@@ -88,23 +106,10 @@ def geometric_mean(
       https://openaccess.thecvf.com/content_CVPRW_2019/papers/WAD/Chennupati_MultiNet_Multi-Stream_Feature_Aggregation_and_Geometric_Loss_Strategy_for_Multi-Task_CVPRW_2019_paper.pdf
     """
 
-    def weighting(gram, state, weights, **extra_args):
-        del gram
-        dtype = weights.dtype
-        k = weights.shape[0]
-        losses = weights * _loss_values.task_losses(extra_args, k, _NAME, dtype)
-        valid = _loss_values.all_finite(losses) & jnp.all(losses > 0)
-        log_losses = jnp.log(jnp.where(valid, losses, 1.0))
-        ratios = jnp.exp(jnp.mean(log_losses) - log_losses)  # (Π ℓ)^{1/K} / ℓ_i
-        coefficients = ratios * weights / k
-        return WeightingResult(jnp.where(valid, coefficients, jnp.nan), state)
-
-    return stacked_gradient_transformation(
-        weighting,
-        lambda k: optax.EmptyState(),
+    return loss_weighting_transformation(
+        geometric_mean_weighting(),
         name=_NAME,
         num_tasks=num_tasks,
         task_weights=task_weights,
         shared_mask=shared_mask,
-        uses_gram=False,
     )

@@ -25,7 +25,12 @@ import jax.numpy as jnp
 import optax
 
 from camegrad_jax import _loss_values, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    WeightingResult,
+    stacked_gradient_transformation,
+    weight_every_leaf,
+)
 
 _NAME = "gradnorm"
 
@@ -155,13 +160,12 @@ def gradnorm(
         coefficients = jnp.where(finite, loss_weights * weights, jnp.nan)
         return WeightingResult(coefficients, new_state)
 
-    return stacked_gradient_transformation(
-        weighting,
-        init_method_state,
+    inner = stacked_gradient_transformation(
+        Weighting(init_method_state, weighting),
         name=_NAME,
         num_tasks=num_tasks,
         task_weights=task_weights,
         shared_mask=shared_mask,
-        weight_all_leaves=True,
         hyperparams_valid=hyperparams_valid,
     )
+    return weight_every_leaf(inner, shared_mask)

@@ -15,7 +15,11 @@ import optax
 from jax import lax
 
 from camegrad_jax import _gram, _grouping, _loss_values, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    WeightingResult,
+    stacked_gradient_transformation,
+)
 
 
 class GradVacState(NamedTuple):
@@ -80,6 +84,39 @@ def gradvac_coefficients(
     start = (jnp.eye(num_tasks, dtype=gram.dtype), jnp.zeros_like(gram))
     combination, cosines = lax.fori_loop(0, num_tasks, adjust_once, start)
     return jnp.sum(combination, axis=0), cosines
+
+
+def gradvac_weighting(*, beta: float = 0.01, seed: int = 0) -> Weighting:
+    """GradVac's :class:`~camegrad_jax.Weighting` (see :func:`gradvac`, which checks the
+    hyper-parameters): from the Gram matrix of the raw task gradients, the method's state and
+    the task weights to coefficients on the raw gradients and the new state."""
+
+    def init_method_state(k: int) -> GradVacState:
+        return GradVacState(
+            key=jax.random.PRNGKey(seed),
+            task_order=jnp.tile(jnp.arange(k, dtype=jnp.int32), (k, 1)),
+            targets=jnp.zeros((k, k), jnp.float32),
+        )
+
+    def weighting(gram, state: GradVacState, weights, **extra_args) -> WeightingResult:
+        del extra_args
+        k = gram.shape[0]
+        key, draw = jax.random.split(state.key)
+        task_order = jax.vmap(lambda key: jax.random.permutation(key, k))(
+            jax.random.split(draw, k)
+        ).astype(jnp.int32)
+        targets = state.targets.astype(gram.dtype)
+        coefficients, cosines = gradvac_coefficients(
+            _gram.weighted_gram(gram, weights), task_order, targets
+        )
+        off_diagonal = ~jnp.eye(k, dtype=bool)
+        targets = jnp.where(off_diagonal, (1 - beta) * targets + beta * cosines, 0.0)
+        coefficients, new_state = _gram.guard_non_finite(
+            gram, coefficients * weights, GradVacState(key, task_order, targets), state
+        )
+        return WeightingResult(coefficients, new_state._replace(key=key))
+
+    return Weighting(init_method_state, weighting)
 
 
 def gradvac(
@@ -166,35 +203,9 @@ def gradvac(
     _grouping.check_grouping(grouping)
     _loss_values.check_integer(seed, "seed")
 
-    def init_method_state(k: int) -> GradVacState:
-        return GradVacState(
-            key=jax.random.PRNGKey(seed),
-            task_order=jnp.tile(jnp.arange(k, dtype=jnp.int32), (k, 1)),
-            targets=jnp.zeros((k, k), jnp.float32),
-        )
-
-    def weighting(gram, state: GradVacState, weights, **extra_args) -> WeightingResult:
-        del extra_args
-        k = gram.shape[0]
-        key, draw = jax.random.split(state.key)
-        task_order = jax.vmap(lambda key: jax.random.permutation(key, k))(
-            jax.random.split(draw, k)
-        ).astype(jnp.int32)
-        targets = state.targets.astype(gram.dtype)
-        coefficients, cosines = gradvac_coefficients(
-            _gram.weighted_gram(gram, weights), task_order, targets
-        )
-        off_diagonal = ~jnp.eye(k, dtype=bool)
-        targets = jnp.where(off_diagonal, (1 - beta) * targets + beta * cosines, 0.0)
-        coefficients, new_state = _gram.guard_non_finite(
-            gram, coefficients * weights, GradVacState(key, task_order, targets), state
-        )
-        return WeightingResult(coefficients, new_state._replace(key=key))
-
     def whole_model(mask: _tree.MaskOrFn) -> optax.GradientTransformationExtraArgs:
         return stacked_gradient_transformation(
-            weighting,
-            init_method_state,
+            gradvac_weighting(beta=beta, seed=seed),
             name="gradvac",
             num_tasks=num_tasks,
             task_weights=task_weights,

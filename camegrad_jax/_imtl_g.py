@@ -9,7 +9,11 @@ import jax.numpy as jnp
 import optax
 
 from camegrad_jax import _gram, _tree
-from camegrad_jax._aggregation import gram_weighting_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    stacked_gradient_transformation,
+    stateless_weighting,
+)
 
 
 def imtl_g_coefficients(gram: jax.Array) -> jax.Array:
@@ -24,6 +28,12 @@ def imtl_g_coefficients(gram: jax.Array) -> jax.Array:
     total = jnp.sum(v)
     resolvable = jnp.abs(total) > 64 * jnp.finfo(gram.dtype).eps * jnp.sum(jnp.abs(v))
     return jnp.where(resolvable, v / jnp.where(resolvable, total, 1.0), 0.0)
+
+
+def imtl_g_weighting() -> Weighting:
+    """IMTL-G's :class:`~camegrad_jax.Weighting` (see :func:`imtl_g`): stateless, from the Gram
+    matrix of the raw task gradients and the task weights."""
+    return stateless_weighting(imtl_g_coefficients)
 
 
 def imtl_g(
@@ -81,8 +91,8 @@ def imtl_g(
       https://openreview.net/forum?id=IMPnRXEWpvr
     """
 
-    return gram_weighting_transformation(
-        imtl_g_coefficients,
+    return stacked_gradient_transformation(
+        imtl_g_weighting(),
         name="imtl_g",
         num_tasks=num_tasks,
         task_weights=task_weights,

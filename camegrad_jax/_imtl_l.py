@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import optax
 
 from camegrad_jax import _loss_values, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import WeightingResult
+from camegrad_jax._loss_weighting import LossWeighting, loss_weighting_transformation
 
 _NAME = "imtl_l"
 
@@ -30,6 +31,28 @@ class IMTLLState(NamedTuple):
     """IMTL-L's own state (``MultiTaskState.method_state``)."""
 
     log_scales: jax.Array  # (K,) float32, the learned log-scales s_i.
+
+
+def imtl_l_weighting(*, learning_rate: float = 0.01, init_log_scale: float = 0.0) -> LossWeighting:
+    """IMTL-L's :class:`~camegrad_jax.LossWeighting` (see :func:`imtl_l`, which checks
+    the hyper-parameters): from the raw task losses, the method's state and the task weights
+    to coefficients on the raw gradients and the new state."""
+
+    def init_method_state(k: int) -> IMTLLState:
+        return IMTLLState(log_scales=jnp.full((k,), init_log_scale, jnp.float32))
+
+    def weighting(losses, state: IMTLLState, weights):
+        dtype = weights.dtype
+        losses = weights * losses
+        log_scales = state.log_scales.astype(dtype)
+        scales = jnp.exp(log_scales)
+        stepped = log_scales - jnp.asarray(learning_rate, dtype) * (scales * losses - 1.0)
+        finite = _loss_values.all_finite(losses, scales, stepped)
+        coefficients = jnp.where(finite, weights * scales, jnp.nan)
+        new_state = IMTLLState(log_scales=jnp.where(finite, stepped, log_scales))
+        return WeightingResult(coefficients, new_state)
+
+    return LossWeighting(init_method_state, weighting)
 
 
 def imtl_l(
@@ -104,28 +127,11 @@ def imtl_l(
     )
     _loss_values.check_finite(init_log_scale, "init_log_scale")
 
-    def init_method_state(k: int) -> IMTLLState:
-        return IMTLLState(log_scales=jnp.full((k,), init_log_scale, jnp.float32))
-
-    def weighting(gram, state: IMTLLState, weights, **extra_args):
-        del gram
-        dtype = weights.dtype
-        losses = weights * _loss_values.task_losses(extra_args, weights.shape[0], _NAME, dtype)
-        log_scales = state.log_scales.astype(dtype)
-        scales = jnp.exp(log_scales)
-        stepped = log_scales - jnp.asarray(learning_rate, dtype) * (scales * losses - 1.0)
-        finite = _loss_values.all_finite(losses, scales, stepped)
-        coefficients = jnp.where(finite, weights * scales, jnp.nan)
-        new_state = IMTLLState(log_scales=jnp.where(finite, stepped, log_scales))
-        return WeightingResult(coefficients, new_state)
-
-    return stacked_gradient_transformation(
-        weighting,
-        init_method_state,
+    return loss_weighting_transformation(
+        imtl_l_weighting(learning_rate=learning_rate, init_log_scale=init_log_scale),
         name=_NAME,
         num_tasks=num_tasks,
         task_weights=task_weights,
         shared_mask=shared_mask,
-        uses_gram=False,
         hyperparams_valid=hyperparams_valid,
     )

@@ -10,7 +10,11 @@ import jax.numpy as jnp
 import optax
 
 from camegrad_jax import _gram, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    WeightingResult,
+    stacked_gradient_transformation,
+)
 
 
 def krum_coefficients(gram: jax.Array, n_byzantine: Any, n_selected: Any = 1) -> jax.Array:
@@ -40,6 +44,23 @@ def krum_coefficients(gram: jax.Array, n_byzantine: Any, n_selected: Any = 1) ->
     rank = jnp.argsort(jnp.argsort(scores, stable=True), stable=True)
     selected = rank < n_selected
     return jnp.where(selected, 1.0, 0.0).astype(gram.dtype) / jnp.asarray(n_selected, gram.dtype)
+
+
+def krum_weighting(*, n_byzantine: int, n_selected: int = 1) -> Weighting:
+    """Krum's :class:`~camegrad_jax.Weighting` (see :func:`krum`, which checks the
+    hyper-parameters): from the Gram matrix of the raw task gradients, the method's state and
+    the task weights to coefficients on the raw gradients and the new state."""
+
+    def weighting(gram, state, weights, **extra_args) -> WeightingResult:
+        del extra_args
+        k = gram.shape[0]
+        enough = _enough_tasks(k, n_byzantine, n_selected)
+        beta = krum_coefficients(_gram.weighted_gram(gram, weights), n_byzantine, n_selected)
+        beta = jnp.where(enough, beta, jnp.nan)
+        coefficients, state = _gram.guard_non_finite(gram, beta * weights, state, state)
+        return WeightingResult(coefficients, state)
+
+    return Weighting(lambda k: optax.EmptyState(), weighting)
 
 
 def krum(
@@ -112,18 +133,8 @@ def krum(
         _validation.check_positive_int(n_selected, "n_selected"),
     )
 
-    def weighting(gram, state, weights, **extra_args) -> WeightingResult:
-        del extra_args
-        k = gram.shape[0]
-        enough = _enough_tasks(k, n_byzantine, n_selected)
-        beta = krum_coefficients(_gram.weighted_gram(gram, weights), n_byzantine, n_selected)
-        beta = jnp.where(enough, beta, jnp.nan)
-        coefficients, state = _gram.guard_non_finite(gram, beta * weights, state, state)
-        return WeightingResult(coefficients, state)
-
     return stacked_gradient_transformation(
-        weighting,
-        lambda k: optax.EmptyState(),
+        krum_weighting(n_byzantine=n_byzantine, n_selected=n_selected),
         name="krum",
         num_tasks=num_tasks,
         task_weights=task_weights,

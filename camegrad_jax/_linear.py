@@ -7,7 +7,22 @@ from typing import Any
 import optax
 
 from camegrad_jax import _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    WeightingResult,
+    stacked_gradient_transformation,
+)
+
+
+def linear_weighting() -> Weighting:
+    """Linear scalarization's :class:`~camegrad_jax.Weighting` (see
+    :func:`linear_scalarization`): the task weights themselves, whatever the Gram matrix."""
+
+    def weighting(gram, method_state, weights, **extra_args):
+        del gram, extra_args
+        return WeightingResult(weights, method_state)
+
+    return Weighting(lambda k: optax.EmptyState(), weighting)
 
 
 def linear_scalarization(
@@ -53,14 +68,8 @@ def linear_scalarization(
     """
     _validation.check_task_weights(task_weights)
     if diagnostics:
-
-        def weighting(gram, method_state, weights, **extra_args):
-            del gram, extra_args
-            return WeightingResult(weights, method_state)
-
         return stacked_gradient_transformation(
-            weighting,
-            lambda k: optax.EmptyState(),
+            linear_weighting(),
             name="linear_scalarization",
             num_tasks=num_tasks,
             task_weights=task_weights,

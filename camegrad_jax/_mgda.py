@@ -14,7 +14,11 @@ import jax.numpy as jnp
 import optax
 
 from camegrad_jax import _dual, _gram, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    WeightingResult,
+    stacked_gradient_transformation,
+)
 
 Normalization = Literal["none", "l2", "loss", "loss+"]
 NORMALIZATIONS: tuple[str, ...] = ("none", "l2", "loss", "loss+")
@@ -129,6 +133,46 @@ def mgda_weights(
     )
 
 
+def mgda_weighting(
+    *,
+    normalization: Normalization = "none",
+    solver: _dual.Solver = "jaxopt",
+    solver_tol: float | None = None,
+    solver_maxiter: int = 200,
+) -> Weighting:
+    """MGDA's :class:`~camegrad_jax.Weighting` (see :func:`mgda`, which checks the
+    hyper-parameters): from the Gram matrix of the raw task gradients, the method's state and
+    the task weights to coefficients on the raw gradients and the new state."""
+
+    def init_method_state(k: int) -> MGDAState:
+        return MGDAState(
+            dual_weights=jnp.full((k,), 1.0 / k, jnp.float32),
+            min_norm=jnp.zeros((), jnp.float32),
+            solver_iterations=jnp.zeros((), jnp.int32),
+            solver_error=jnp.zeros((), jnp.float32),
+            duality_gap=jnp.zeros((), jnp.float32),
+        )
+
+    def weighting(gram, state: MGDAState, weights, **extra_args) -> WeightingResult:
+        result = mgda_weights(
+            gram,
+            normalization=normalization,
+            losses=extra_args.get("value"),
+            task_weights=weights,
+            init_weights=state.dual_weights,
+            solver=solver,
+            solver_tol=solver_tol,
+            solver_maxiter=solver_maxiter,
+        )
+        new_state = MGDAState(*result[1:])
+        coefficients, new_state = _gram.guard_non_finite(
+            gram, result.coefficients, new_state, state
+        )
+        return WeightingResult(coefficients, new_state)
+
+    return Weighting(init_method_state, weighting)
+
+
 def mgda(
     *,
     normalization: Normalization = "none",
@@ -210,35 +254,13 @@ def mgda(
         _dual.check_solver_options(solver, solver_tol, solver_maxiter),
     )
 
-    def init_method_state(k: int) -> MGDAState:
-        return MGDAState(
-            dual_weights=jnp.full((k,), 1.0 / k, jnp.float32),
-            min_norm=jnp.zeros((), jnp.float32),
-            solver_iterations=jnp.zeros((), jnp.int32),
-            solver_error=jnp.zeros((), jnp.float32),
-            duality_gap=jnp.zeros((), jnp.float32),
-        )
-
-    def weighting(gram, state: MGDAState, weights, **extra_args) -> WeightingResult:
-        result = mgda_weights(
-            gram,
+    return stacked_gradient_transformation(
+        mgda_weighting(
             normalization=normalization,
-            losses=extra_args.get("value"),
-            task_weights=weights,
-            init_weights=state.dual_weights,
             solver=solver,
             solver_tol=solver_tol,
             solver_maxiter=solver_maxiter,
-        )
-        new_state = MGDAState(*result[1:])
-        coefficients, new_state = _gram.guard_non_finite(
-            gram, result.coefficients, new_state, state
-        )
-        return WeightingResult(coefficients, new_state)
-
-    return stacked_gradient_transformation(
-        weighting,
-        init_method_state,
+        ),
         name="mgda",
         num_tasks=num_tasks,
         task_weights=task_weights,

@@ -21,7 +21,13 @@ import optax
 from jax import lax
 
 from camegrad_jax import _gram, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    WeightingResult,
+    split_leaves,
+    stacked_gradient_transformation,
+    stored,
+)
 
 _NAME = "mmpareto"
 # Iterations of the projected-gradient phase for three or more tasks (the exact support solve
@@ -137,6 +143,17 @@ def mmpareto_coefficients(gram: jax.Array, task_weights: jax.Array) -> jax.Array
     return beta * task_weights
 
 
+def mmpareto_weighting() -> Weighting:
+    """The :class:`~camegrad_jax.Weighting` of MMPareto's direction (see :func:`mmpareto`, which
+    then rescales each shared leaf): :func:`mmpareto_coefficients`, stateless."""
+
+    def weighting(gram, method_state, weights, **extra_args):
+        del extra_args
+        return WeightingResult(mmpareto_coefficients(gram, weights), method_state)
+
+    return Weighting(lambda k: optax.EmptyState(), weighting)
+
+
 def mmpareto(
     *,
     gamma: float = 1.5,
@@ -218,30 +235,68 @@ def mmpareto(
         _validation.check_non_negative(gamma, "gamma"),
     )
 
-    def weighting(gram, method_state, weights, **extra_args):
-        del extra_args
-        return WeightingResult(mmpareto_coefficients(gram, weights), method_state)
-
-    def magnitude(leaf_grams, coefficients, weights):
-        factors = []
-        for gram in leaf_grams:
-            joint = jnp.sqrt(jnp.maximum(weights @ gram @ weights, 0.0))
-            direction = jnp.sqrt(jnp.maximum(coefficients @ gram @ coefficients, 0.0))
-            # ‖d_p‖ computed from G_p carries round-off of about sqrt(eps)·Σ|β_i|‖g_i‖: below
-            # that, d_p is indistinguishable from 0 and the ratio is undefined.
-            terms = jnp.abs(coefficients) @ jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
-            resolvable = direction > 4 * jnp.sqrt(jnp.finfo(gram.dtype).eps) * terms
-            ratio = jnp.where(resolvable, joint / jnp.where(resolvable, direction, 1.0), 1.0)
-            factors.append(jnp.asarray(gamma, gram.dtype) * jnp.maximum(ratio, 1.0))
-        return jnp.stack(factors)
-
-    return stacked_gradient_transformation(
-        weighting,
-        lambda k: optax.EmptyState(),
+    direction = stacked_gradient_transformation(
+        mmpareto_weighting(),
         name=_NAME,
         num_tasks=num_tasks,
         task_weights=task_weights,
         shared_mask=shared_mask,
-        leaf_scaling=magnitude,
         hyperparams_valid=hyperparams_valid,
     )
+    return _with_magnitude_per_leaf(direction, gamma, task_weights, shared_mask, hyperparams_valid)
+
+
+def _magnitudes(
+    leaf_grams: list[jax.Array], coefficients: jax.Array, weights: jax.Array, gamma: Any
+) -> jax.Array:
+    """(L,) factors γ max(‖s_p‖ / ‖d_p‖, 1), from each shared leaf's Gram matrix G_p."""
+    factors = []
+    for gram in leaf_grams:
+        joint = jnp.sqrt(jnp.maximum(weights @ gram @ weights, 0.0))
+        direction = jnp.sqrt(jnp.maximum(coefficients @ gram @ coefficients, 0.0))
+        # ‖d_p‖ computed from G_p carries round-off of about sqrt(eps)·Σ|β_i|‖g_i‖: below
+        # that, d_p is indistinguishable from 0 and the ratio is undefined.
+        terms = jnp.abs(coefficients) @ jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+        resolvable = direction > 4 * jnp.sqrt(jnp.finfo(gram.dtype).eps) * terms
+        ratio = jnp.where(resolvable, joint / jnp.where(resolvable, direction, 1.0), 1.0)
+        factors.append(jnp.asarray(gamma, gram.dtype) * jnp.maximum(ratio, 1.0))
+    return jnp.stack(factors)
+
+
+def _with_magnitude_per_leaf(
+    direction: optax.GradientTransformationExtraArgs,
+    gamma: Any,
+    task_weights: Any,
+    shared_mask: _tree.MaskOrFn,
+    hyperparams_valid: _validation.Verdict,
+) -> optax.GradientTransformationExtraArgs:
+    """MMPareto's magnitude rule around the transformation of its direction: each shared leaf p
+    receives γ max(‖s_p‖ / ‖d_p‖, 1) d_p instead of d_p.
+
+    The per-leaf Gram matrices G_p sum to the G that ``direction`` forms (the same products in
+    the same order), so the direction's coefficients are recomputed from them in the gradients'
+    accumulation dtype rather than read back from the state, which keeps them in float32.
+    """
+
+    def update_fn(task_updates, state, params=None, **extra_args):
+        updates, state = direction.update(task_updates, state, params, **extra_args)
+        split = split_leaves(task_updates, shared_mask, params)
+        leaf_grams, scale = _tree.gram_in_range(split.shared, split.dtype, per_leaf=True)
+        weights = _validation.weights_vector(task_weights, state.coefficients.shape[0], split.dtype)
+        coefficients = mmpareto_coefficients(sum(leaf_grams[1:], leaf_grams[0]), weights)
+        factors = _magnitudes(leaf_grams, coefficients, weights, gamma)
+        if hyperparams_valid is not True:
+            factors = jnp.where(hyperparams_valid, factors, jnp.nan)
+        shared = [
+            _tree.combine([leaf], factor * coefficients)[0]
+            for leaf, factor in zip(split.shared, factors, strict=True)
+        ]
+        norm_sq = sum(
+            jnp.square(factor) * (coefficients @ leaf_gram @ coefficients)
+            for factor, leaf_gram in zip(factors, leaf_grams, strict=True)
+        )
+        update_norm = scale * jnp.sqrt(jnp.maximum(norm_sq, 0.0))
+        new_state = state._replace(stats=state.stats._replace(update_norm=stored(update_norm)))
+        return split.replace_shared(updates, shared), new_state
+
+    return optax.GradientTransformationExtraArgs(direction.init, update_fn)

@@ -24,7 +24,11 @@ import optax
 from optax.projections import projection_simplex
 
 from camegrad_jax import _loss_values, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    WeightingResult,
+    stacked_gradient_transformation,
+)
 from camegrad_jax._tracking import tracked_gradient_transformation
 
 _NAME = "moco"
@@ -186,8 +190,7 @@ def moco(
         return WeightingResult(jnp.where(finite, new_weights, jnp.nan), new_state)
 
     correct = stacked_gradient_transformation(
-        weighting,
-        init_method_state,
+        Weighting(init_method_state, weighting),
         name=_NAME,
         num_tasks=num_tasks,
         task_weights=None,

@@ -27,7 +27,11 @@ import optax
 from optax.projections import projection_simplex
 
 from camegrad_jax import _gram, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    WeightingResult,
+    stacked_gradient_transformation,
+)
 from camegrad_jax._double_sampling import with_weight_gradients
 
 _NAME = "modo"
@@ -37,6 +41,31 @@ class MoDoState(NamedTuple):
     """MoDo's own state (``MultiTaskState.method_state``)."""
 
     weights: jax.Array  # (K,) float32, λ on the simplex (on the weighted gradients h_i).
+
+
+def modo_weighting(*, gamma: float = 0.1, rho: float = 0.0) -> Weighting:
+    """MoDo's :class:`~camegrad_jax.Weighting` (see :func:`modo`, which checks the
+    hyper-parameters): from the Gram matrix of the raw task gradients, the method's state and
+    the task weights to coefficients on the raw gradients and the new state."""
+
+    def init_method_state(k: int) -> MoDoState:
+        return MoDoState(weights=jnp.full((k,), 1.0 / k, jnp.float32))
+
+    def weighting(gram, state: MoDoState, weights, **extra_args) -> WeightingResult:
+        # Inside `modo` G comes as `sample_gram`, in the gradients' own units, from
+        # `with_weight_gradients` (the builder's is None); called directly, G itself.
+        sample_gram = extra_args.get("sample_gram", gram)
+        dtype = sample_gram.dtype
+        weighted = _gram.weighted_gram(sample_gram, weights.astype(dtype))
+        lam = state.weights.astype(dtype)
+        step = weighted @ lam + jnp.asarray(rho, dtype) * lam
+        lam = projection_simplex(lam - jnp.asarray(gamma, dtype) * step).astype(dtype)
+        coefficients, new_state = _gram.guard_non_finite(
+            sample_gram, lam * weights, MoDoState(weights=lam), state
+        )
+        return WeightingResult(coefficients, new_state)
+
+    return Weighting(init_method_state, weighting)
 
 
 def modo(
@@ -115,25 +144,8 @@ def modo(
         _validation.check_non_negative(rho, "rho"),
     )
 
-    def init_method_state(k: int) -> MoDoState:
-        return MoDoState(weights=jnp.full((k,), 1.0 / k, jnp.float32))
-
-    def weighting(gram, state: MoDoState, weights, **extra_args) -> WeightingResult:
-        del gram  # None: G comes in the gradients' own units from `with_weight_gradients`.
-        sample_gram = extra_args["sample_gram"]
-        dtype = sample_gram.dtype
-        weighted = _gram.weighted_gram(sample_gram, weights.astype(dtype))
-        lam = state.weights.astype(dtype)
-        step = weighted @ lam + jnp.asarray(rho, dtype) * lam
-        lam = projection_simplex(lam - jnp.asarray(gamma, dtype) * step).astype(dtype)
-        coefficients, new_state = _gram.guard_non_finite(
-            sample_gram, lam * weights, MoDoState(weights=lam), state
-        )
-        return WeightingResult(coefficients, new_state)
-
     inner = stacked_gradient_transformation(
-        weighting,
-        init_method_state,
+        modo_weighting(gamma=gamma, rho=rho),
         name=_NAME,
         num_tasks=num_tasks,
         task_weights=task_weights,

@@ -23,7 +23,11 @@ import optax
 from jax import lax
 
 from camegrad_jax import _gram, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    WeightingResult,
+    stacked_gradient_transformation,
+)
 
 
 class NashMTLState(NamedTuple):
@@ -101,6 +105,65 @@ def solve_nash(gram: jax.Array, init: jax.Array, maxiter: int | jax.Array) -> Na
     return NashSolution(jnp.where(active, alpha, 0.0), iterations, residual)
 
 
+def nash_mtl_weighting(
+    *, max_norm: float = 1.0, update_weights_every: int = 1, optim_niter: int = 20
+) -> Weighting:
+    """Nash-MTL's :class:`~camegrad_jax.Weighting` (see :func:`nash_mtl`, which checks the
+    hyper-parameters): from the Gram matrix of the raw task gradients, the method's state and
+    the task weights to coefficients on the raw gradients and the new state."""
+
+    def init_method_state(k: int) -> NashMTLState:
+        return NashMTLState(
+            weights=jnp.ones((k,), jnp.float32),
+            normalised_weights=jnp.ones((k,), jnp.float32),
+            step=jnp.zeros((), jnp.int32),
+            solver_iterations=jnp.zeros((), jnp.int32),
+            residual=jnp.zeros((), jnp.float32),
+        )
+
+    def weighting(gram, state: NashMTLState, weights, **extra_args) -> WeightingResult:
+        del extra_args
+        dtype = gram.dtype
+        weighted = _gram.weighted_gram(gram, weights)
+        normalised, trace = _gram.trace_normalise(weighted)
+        scale = jnp.sqrt(jnp.where(trace > 0, trace, 1.0))
+
+        def solve(_):
+            solution = solve_nash(normalised, state.normalised_weights.astype(dtype), optim_niter)
+            return (
+                solution.weights / scale,
+                solution.weights,
+                solution.iterations,
+                solution.residual,
+            )
+
+        def reuse(_):
+            return (
+                state.weights.astype(dtype),
+                state.normalised_weights.astype(dtype),
+                jnp.asarray(0, jnp.int32),
+                state.residual.astype(dtype),
+            )
+
+        recompute = state.step % jnp.asarray(update_weights_every, jnp.int32) == 0
+        alpha, normalised_alpha, iterations, residual = lax.cond(recompute, solve, reuse, None)
+        norm = jnp.sqrt(jnp.maximum(alpha @ weighted @ alpha, 0.0))
+        max_norm_ = jnp.asarray(max_norm, dtype)
+        clip = (max_norm_ > 0) & (norm > max_norm_)
+        beta = jnp.where(clip, alpha * (max_norm_ / jnp.where(clip, norm, 1.0)), alpha)
+        new_state = NashMTLState(
+            weights=alpha,
+            normalised_weights=normalised_alpha,
+            step=state.step + 1,
+            solver_iterations=iterations,
+            residual=residual,
+        )
+        coefficients, new_state = _gram.guard_non_finite(gram, beta * weights, new_state, state)
+        return WeightingResult(coefficients, new_state)
+
+    return Weighting(init_method_state, weighting)
+
+
 def nash_mtl(
     *,
     max_norm: float = 1.0,
@@ -174,58 +237,10 @@ def nash_mtl(
         _validation.check_positive_int(optim_niter, "optim_niter"),
     )
 
-    def init_method_state(k: int) -> NashMTLState:
-        return NashMTLState(
-            weights=jnp.ones((k,), jnp.float32),
-            normalised_weights=jnp.ones((k,), jnp.float32),
-            step=jnp.zeros((), jnp.int32),
-            solver_iterations=jnp.zeros((), jnp.int32),
-            residual=jnp.zeros((), jnp.float32),
-        )
-
-    def weighting(gram, state: NashMTLState, weights, **extra_args) -> WeightingResult:
-        del extra_args
-        dtype = gram.dtype
-        weighted = _gram.weighted_gram(gram, weights)
-        normalised, trace = _gram.trace_normalise(weighted)
-        scale = jnp.sqrt(jnp.where(trace > 0, trace, 1.0))
-
-        def solve(_):
-            solution = solve_nash(normalised, state.normalised_weights.astype(dtype), optim_niter)
-            return (
-                solution.weights / scale,
-                solution.weights,
-                solution.iterations,
-                solution.residual,
-            )
-
-        def reuse(_):
-            return (
-                state.weights.astype(dtype),
-                state.normalised_weights.astype(dtype),
-                jnp.asarray(0, jnp.int32),
-                state.residual.astype(dtype),
-            )
-
-        recompute = state.step % jnp.asarray(update_weights_every, jnp.int32) == 0
-        alpha, normalised_alpha, iterations, residual = lax.cond(recompute, solve, reuse, None)
-        norm = jnp.sqrt(jnp.maximum(alpha @ weighted @ alpha, 0.0))
-        max_norm_ = jnp.asarray(max_norm, dtype)
-        clip = (max_norm_ > 0) & (norm > max_norm_)
-        beta = jnp.where(clip, alpha * (max_norm_ / jnp.where(clip, norm, 1.0)), alpha)
-        new_state = NashMTLState(
-            weights=alpha,
-            normalised_weights=normalised_alpha,
-            step=state.step + 1,
-            solver_iterations=iterations,
-            residual=residual,
-        )
-        coefficients, new_state = _gram.guard_non_finite(gram, beta * weights, new_state, state)
-        return WeightingResult(coefficients, new_state)
-
     return stacked_gradient_transformation(
-        weighting,
-        init_method_state,
+        nash_mtl_weighting(
+            max_norm=max_norm, update_weights_every=update_weights_every, optim_niter=optim_niter
+        ),
         name="nash_mtl",
         num_tasks=num_tasks,
         task_weights=task_weights,

@@ -25,7 +25,11 @@ import numpy as np
 import optax
 
 from camegrad_jax import _gram, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    WeightingResult,
+    stacked_gradient_transformation,
+)
 from camegrad_jax._enumerate_dual import MAX_TASKS, nonnegative_quadratic
 
 _NAME = "pcd"
@@ -95,6 +99,62 @@ def constraint_multipliers(gram: jax.Array, taus: jax.Array) -> tuple[jax.Array,
     mu, feasible = nonnegative_quadratic(secondary, slack_at_primary)
     mu = jnp.where(feasible, mu, 0.0)
     return jnp.concatenate([jnp.ones((1,), gram.dtype), mu]), feasible
+
+
+def pcd_weighting(*, tau: Any = 0.02, beta: float = 0.999, eps: float = 1e-8) -> Weighting:
+    """PCD's :class:`~camegrad_jax.Weighting` (see :func:`pcd`, which checks the
+    hyper-parameters): from the Gram matrix of the raw task gradients, the method's state and
+    the task weights to coefficients on the raw gradients and the new state."""
+
+    def init_method_state(k: int) -> PCDState:
+        return PCDState(
+            squared_norm_average=jnp.zeros((k,), jnp.float32),
+            count=jnp.zeros((), jnp.int32),
+            multipliers=jnp.zeros((k,), jnp.float32),
+            feasible=jnp.ones((), bool),
+        )
+
+    def weighting(gram, state: PCDState, weights, **extra_args) -> WeightingResult:
+        del extra_args
+        k = gram.shape[0]
+        if k > MAX_TASKS + 1:
+            raise ValueError(
+                f"pcd enumerates the active sets of its K − 1 constraints and is offered for "
+                f"K ≤ {MAX_TASKS + 1}; found K = {k}."
+            )
+        dtype = gram.dtype
+        weighted = _gram.weighted_gram(gram, weights)
+        squared_norms = jnp.maximum(jnp.diagonal(weighted), 0.0)
+        decay = jnp.asarray(beta, dtype)
+        count = state.count + 1
+        average = decay * state.squared_norm_average.astype(dtype) + (1 - decay) * squared_norms
+        debiased = average / (1 - decay ** count.astype(dtype))
+        denominators = jnp.sqrt(debiased + jnp.asarray(eps, dtype))
+        # A zero average means the gradient was always zero: its scale does not matter.
+        scales = jnp.where(denominators > 0, 1 / jnp.where(denominators > 0, denominators, 1), 0)
+        normalised = weighted * scales[:, None] * scales[None, :]
+        multipliers, feasible = constraint_multipliers(normalised, _secondary_taus(tau, k, dtype))
+
+        # ‖d̃‖², and the scale of its rounding error when it is read from the Gram matrix.
+        direction_sq = multipliers @ normalised @ multipliers
+        magnitude = jnp.square(jnp.abs(multipliers) @ jnp.sqrt(jnp.diagonal(normalised)))
+        precision = 10 * jnp.finfo(dtype).eps
+        live = (squared_norms[0] > 0) & (direction_sq > precision * magnitude)
+        rescale = jnp.sqrt(squared_norms[0] / jnp.where(live, direction_sq, 1.0))
+        coefficients = jnp.where(live, multipliers * scales * rescale, 0.0)
+
+        new_state = PCDState(
+            squared_norm_average=average,
+            count=optax.safe_int32_increment(state.count),
+            multipliers=multipliers,
+            feasible=feasible,
+        )
+        coefficients, new_state = _gram.guard_non_finite(
+            gram, coefficients * weights, new_state, state
+        )
+        return WeightingResult(coefficients, new_state)
+
+    return Weighting(init_method_state, weighting)
 
 
 def pcd(
@@ -174,57 +234,8 @@ def pcd(
         _check_tau(tau), _check_beta(beta), _validation.check_non_negative(eps, "eps")
     )
 
-    def init_method_state(k: int) -> PCDState:
-        return PCDState(
-            squared_norm_average=jnp.zeros((k,), jnp.float32),
-            count=jnp.zeros((), jnp.int32),
-            multipliers=jnp.zeros((k,), jnp.float32),
-            feasible=jnp.ones((), bool),
-        )
-
-    def weighting(gram, state: PCDState, weights, **extra_args) -> WeightingResult:
-        del extra_args
-        k = gram.shape[0]
-        if k > MAX_TASKS + 1:
-            raise ValueError(
-                f"pcd enumerates the active sets of its K − 1 constraints and is offered for "
-                f"K ≤ {MAX_TASKS + 1}; found K = {k}."
-            )
-        dtype = gram.dtype
-        weighted = _gram.weighted_gram(gram, weights)
-        squared_norms = jnp.maximum(jnp.diagonal(weighted), 0.0)
-        decay = jnp.asarray(beta, dtype)
-        count = state.count + 1
-        average = decay * state.squared_norm_average.astype(dtype) + (1 - decay) * squared_norms
-        debiased = average / (1 - decay ** count.astype(dtype))
-        denominators = jnp.sqrt(debiased + jnp.asarray(eps, dtype))
-        # A zero average means the gradient was always zero: its scale does not matter.
-        scales = jnp.where(denominators > 0, 1 / jnp.where(denominators > 0, denominators, 1), 0)
-        normalised = weighted * scales[:, None] * scales[None, :]
-        multipliers, feasible = constraint_multipliers(normalised, _secondary_taus(tau, k, dtype))
-
-        # ‖d̃‖², and the scale of its rounding error when it is read from the Gram matrix.
-        direction_sq = multipliers @ normalised @ multipliers
-        magnitude = jnp.square(jnp.abs(multipliers) @ jnp.sqrt(jnp.diagonal(normalised)))
-        precision = 10 * jnp.finfo(dtype).eps
-        live = (squared_norms[0] > 0) & (direction_sq > precision * magnitude)
-        rescale = jnp.sqrt(squared_norms[0] / jnp.where(live, direction_sq, 1.0))
-        coefficients = jnp.where(live, multipliers * scales * rescale, 0.0)
-
-        new_state = PCDState(
-            squared_norm_average=average,
-            count=optax.safe_int32_increment(state.count),
-            multipliers=multipliers,
-            feasible=feasible,
-        )
-        coefficients, new_state = _gram.guard_non_finite(
-            gram, coefficients * weights, new_state, state
-        )
-        return WeightingResult(coefficients, new_state)
-
     return stacked_gradient_transformation(
-        weighting,
-        init_method_state,
+        pcd_weighting(tau=tau, beta=beta, eps=eps),
         name=_NAME,
         num_tasks=num_tasks,
         task_weights=task_weights,

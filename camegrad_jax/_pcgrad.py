@@ -16,7 +16,11 @@ import optax
 from jax import lax
 
 from camegrad_jax import _gram, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    WeightingResult,
+    stacked_gradient_transformation,
+)
 
 
 class PCGradState(NamedTuple):
@@ -61,6 +65,33 @@ def pcgrad_coefficients(gram: jax.Array, task_order: jax.Array) -> jax.Array:
 
     combination = lax.fori_loop(0, num_tasks, project_once, jnp.eye(num_tasks, dtype=gram.dtype))
     return jnp.sum(combination, axis=0)
+
+
+def pcgrad_weighting(*, seed: int = 0) -> Weighting:
+    """PCGrad's :class:`~camegrad_jax.Weighting` (see :func:`pcgrad`, which checks the
+    hyper-parameters): from the Gram matrix of the raw task gradients, the method's state and
+    the task weights to coefficients on the raw gradients and the new state."""
+
+    def init_method_state(k: int) -> PCGradState:
+        return PCGradState(
+            key=jax.random.PRNGKey(seed),
+            task_order=jnp.tile(jnp.arange(k, dtype=jnp.int32), (k, 1)),
+        )
+
+    def weighting(gram, state: PCGradState, weights, **extra_args) -> WeightingResult:
+        del extra_args
+        k = gram.shape[0]
+        key, draw = jax.random.split(state.key)
+        task_order = jax.vmap(lambda key: jax.random.permutation(key, k))(
+            jax.random.split(draw, k)
+        ).astype(jnp.int32)
+        beta = pcgrad_coefficients(_gram.weighted_gram(gram, weights), task_order)
+        coefficients, new_state = _gram.guard_non_finite(
+            gram, beta * weights, PCGradState(key=key, task_order=task_order), state
+        )
+        return WeightingResult(coefficients, new_state._replace(key=key))
+
+    return Weighting(init_method_state, weighting)
 
 
 def pcgrad(
@@ -121,28 +152,8 @@ def pcgrad(
     """
     _check_seed(seed)
 
-    def init_method_state(k: int) -> PCGradState:
-        return PCGradState(
-            key=jax.random.PRNGKey(seed),
-            task_order=jnp.tile(jnp.arange(k, dtype=jnp.int32), (k, 1)),
-        )
-
-    def weighting(gram, state: PCGradState, weights, **extra_args) -> WeightingResult:
-        del extra_args
-        k = gram.shape[0]
-        key, draw = jax.random.split(state.key)
-        task_order = jax.vmap(lambda key: jax.random.permutation(key, k))(
-            jax.random.split(draw, k)
-        ).astype(jnp.int32)
-        beta = pcgrad_coefficients(_gram.weighted_gram(gram, weights), task_order)
-        coefficients, new_state = _gram.guard_non_finite(
-            gram, beta * weights, PCGradState(key=key, task_order=task_order), state
-        )
-        return WeightingResult(coefficients, new_state._replace(key=key))
-
     return stacked_gradient_transformation(
-        weighting,
-        init_method_state,
+        pcgrad_weighting(seed=seed),
         name="pcgrad",
         num_tasks=num_tasks,
         task_weights=task_weights,

@@ -14,7 +14,11 @@ import jax.numpy as jnp
 import optax
 
 from camegrad_jax import _loss_values, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    WeightingResult,
+    stacked_gradient_transformation,
+)
 
 _NAME = "rlw"
 Distribution = Literal["normal", "uniform", "dirichlet"]
@@ -105,8 +109,7 @@ def rlw(
         return WeightingResult(jax.nn.softmax(sample) * weights, RLWState(key=key))
 
     return stacked_gradient_transformation(
-        weighting,
-        init_method_state,
+        Weighting(init_method_state, weighting),
         name=_NAME,
         num_tasks=num_tasks,
         task_weights=task_weights,

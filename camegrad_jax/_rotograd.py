@@ -34,7 +34,11 @@ import optax
 from flax import nnx
 
 from camegrad_jax import _loss_values, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    WeightingResult,
+    stacked_gradient_transformation,
+)
 
 _NAME = "rotograd_scaling"
 # The official code's floor on gradient norms (`clamp_min(1e-15)`): it only matters for a task
@@ -279,8 +283,7 @@ def rotograd_scaling(
         return WeightingResult(jnp.where(finite, coefficients, jnp.nan), new_state)
 
     return stacked_gradient_transformation(
-        weighting,
-        init_method_state,
+        Weighting(init_method_state, weighting),
         name=_NAME,
         num_tasks=num_tasks,
         task_weights=task_weights,

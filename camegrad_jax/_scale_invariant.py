@@ -21,9 +21,23 @@ import jax.numpy as jnp
 import optax
 
 from camegrad_jax import _loss_values, _tree
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import WeightingResult
+from camegrad_jax._loss_weighting import LossWeighting, loss_weighting_transformation
 
 _NAME = "scale_invariant"
+
+
+def scale_invariant_weighting() -> LossWeighting:
+    """Scale-invariant loss's :class:`~camegrad_jax.LossWeighting` (see
+    :func:`scale_invariant`, which checks the hyper-parameters): from the raw task losses, the
+    method's state and the task weights to coefficients on the raw gradients and the new state."""
+
+    def weighting(losses, state, weights):
+        valid = _loss_values.all_finite(losses) & jnp.all(losses > 0)
+        coefficients = weights / jnp.where(valid, losses, 1.0)
+        return WeightingResult(jnp.where(valid, coefficients, jnp.nan), state)
+
+    return LossWeighting(lambda k: optax.EmptyState(), weighting)
 
 
 def scale_invariant(
@@ -84,20 +98,10 @@ def scale_invariant(
       NeurIPS 2022. https://arxiv.org/abs/2201.04122
     """
 
-    def weighting(gram, state, weights, **extra_args):
-        del gram
-        dtype = weights.dtype
-        losses = _loss_values.task_losses(extra_args, weights.shape[0], _NAME, dtype)
-        valid = _loss_values.all_finite(losses) & jnp.all(losses > 0)
-        coefficients = weights / jnp.where(valid, losses, 1.0)
-        return WeightingResult(jnp.where(valid, coefficients, jnp.nan), state)
-
-    return stacked_gradient_transformation(
-        weighting,
-        lambda k: optax.EmptyState(),
+    return loss_weighting_transformation(
+        scale_invariant_weighting(),
         name=_NAME,
         num_tasks=num_tasks,
         task_weights=task_weights,
         shared_mask=shared_mask,
-        uses_gram=False,
     )

@@ -25,7 +25,11 @@ from jax import lax
 from optax.projections import projection_simplex
 
 from camegrad_jax import _gram, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    WeightingResult,
+    stacked_gradient_transformation,
+)
 from camegrad_jax._double_sampling import with_weight_gradients
 
 _NAME = "sdmgrad"
@@ -94,6 +98,37 @@ def sdmgrad_weights(
 
     weights, _ = lax.fori_loop(0, niter, step, (init.astype(dtype), jnp.zeros_like(init, dtype)))
     return weights
+
+
+def sdmgrad_weighting(
+    *, lamda: float = 0.3, niter: int = 20, learning_rate: float | None = None
+) -> Weighting:
+    """SDMGrad's :class:`~camegrad_jax.Weighting` (see :func:`sdmgrad`, which checks the
+    hyper-parameters): from the Gram matrix of the raw task gradients, the method's state and
+    the task weights to coefficients on the raw gradients and the new state."""
+
+    def init_method_state(k: int) -> SDMGradState:
+        return SDMGradState(weights=jnp.full((k,), 1.0 / k, jnp.float32))
+
+    def weighting(gram, state: SDMGradState, weights, **extra_args) -> WeightingResult:
+        gram = extra_args.get("sample_gram", gram)
+        dtype = gram.dtype
+        num_tasks_ = gram.shape[0]
+        w = sdmgrad_weights(
+            _gram.weighted_gram(gram, weights),
+            state.weights.astype(dtype),
+            lamda,
+            niter,
+            learning_rate,
+        )
+        lamda_ = jnp.asarray(lamda, dtype)
+        beta = num_tasks_ * (w + lamda_ / num_tasks_) / (1.0 + lamda_)
+        coefficients, new_state = _gram.guard_non_finite(
+            gram, beta * weights, SDMGradState(weights=w), state
+        )
+        return WeightingResult(coefficients, new_state)
+
+    return Weighting(init_method_state, weighting)
 
 
 def sdmgrad(
@@ -187,30 +222,8 @@ def sdmgrad(
         else _validation.check_positive(learning_rate, "learning_rate"),
     )
 
-    def init_method_state(k: int) -> SDMGradState:
-        return SDMGradState(weights=jnp.full((k,), 1.0 / k, jnp.float32))
-
-    def weighting(gram, state: SDMGradState, weights, **extra_args) -> WeightingResult:
-        gram = extra_args.get("sample_gram", gram)
-        dtype = gram.dtype
-        num_tasks_ = gram.shape[0]
-        w = sdmgrad_weights(
-            _gram.weighted_gram(gram, weights),
-            state.weights.astype(dtype),
-            lamda,
-            niter,
-            learning_rate,
-        )
-        lamda_ = jnp.asarray(lamda, dtype)
-        beta = num_tasks_ * (w + lamda_ / num_tasks_) / (1.0 + lamda_)
-        coefficients, new_state = _gram.guard_non_finite(
-            gram, beta * weights, SDMGradState(weights=w), state
-        )
-        return WeightingResult(coefficients, new_state)
-
     inner = stacked_gradient_transformation(
-        weighting,
-        init_method_state,
+        sdmgrad_weighting(lamda=lamda, niter=niter, learning_rate=learning_rate),
         name=_NAME,
         num_tasks=num_tasks,
         task_weights=task_weights,

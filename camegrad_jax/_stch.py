@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import optax
 
 from camegrad_jax import _loss_values, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import WeightingResult
+from camegrad_jax._loss_weighting import LossWeighting, loss_weighting_transformation
 
 _NAME = "stch"
 
@@ -34,6 +35,56 @@ class STCHState(NamedTuple):
 
     count: jax.Array  # () int32, warm-up updates so far (stays 0 without a warm-up).
     warmup_loss_sum: jax.Array  # (K,) float32, Σ of the losses seen during the warm-up.
+
+
+def stch_weighting(
+    *, mu: float = 1.0, reference: Any = None, warmup_steps: int | None = None
+) -> LossWeighting:
+    """STCH's :class:`~camegrad_jax.LossWeighting` (see :func:`stch`, which checks
+    the hyper-parameters): from the raw task losses, the method's state and the task weights
+    to coefficients on the raw gradients and the new state."""
+
+    def init_method_state(k: int) -> STCHState:
+        return STCHState(
+            count=jnp.zeros((), jnp.int32), warmup_loss_sum=jnp.zeros((k,), jnp.float32)
+        )
+
+    def smooth_max_weights(exponents):
+        # Centred before dividing by μ: (f - max f) / μ cannot overflow where f / μ would.
+        centred = exponents - jax.lax.stop_gradient(jnp.max(exponents))
+        return jax.nn.softmax(centred / jnp.asarray(mu, exponents.dtype))
+
+    def on_losses(state: STCHState, weights, losses):
+        k = losses.shape[0]
+        shift = 0.0 if reference is None else reference
+        exponents = weights * (losses - _loss_values.per_task(shift, k, "reference", losses.dtype))
+        coefficients = smooth_max_weights(exponents) * weights
+        return coefficients, _loss_values.all_finite(losses), state
+
+    def on_log_losses(state: STCHState, weights, losses):
+        k = losses.shape[0]
+        valid = _loss_values.all_finite(losses) & jnp.all(losses > 0)
+        safe = jnp.where(valid, losses, 1.0)
+        warming_up = state.count < warmup_steps
+        total = state.warmup_loss_sum.astype(losses.dtype)
+        ideal = total / jnp.asarray(warmup_steps, losses.dtype)
+        safe_ideal = jnp.where(ideal > 0, ideal, 1.0)
+        exponents = weights * (jnp.log(safe) - jnp.log(safe_ideal))
+        tchebycheff = k * smooth_max_weights(exponents) * weights / safe
+        coefficients = jnp.where(warming_up, weights / safe, tchebycheff)
+        new_state = STCHState(
+            count=jnp.where(warming_up, state.count + 1, state.count),
+            warmup_loss_sum=jnp.where(warming_up, total + safe, total).astype(jnp.float32),
+        )
+        return coefficients, valid, new_state
+
+    def weighting(losses, state: STCHState, weights):
+        rule = on_losses if warmup_steps is None else on_log_losses
+        coefficients, valid, stepped = rule(state, weights, losses)
+        new_state = _loss_values.keep_if(valid, stepped, state)
+        return WeightingResult(jnp.where(valid, coefficients, jnp.nan), new_state)
+
+    return LossWeighting(init_method_state, weighting)
 
 
 def stch(
@@ -139,56 +190,11 @@ def stch(
             reference, "reference", _validation.resolve_num_tasks(num_tasks, task_weights)
         )
 
-    def init_method_state(k: int) -> STCHState:
-        return STCHState(
-            count=jnp.zeros((), jnp.int32), warmup_loss_sum=jnp.zeros((k,), jnp.float32)
-        )
-
-    def smooth_max_weights(exponents):
-        # Centred before dividing by μ: (f - max f) / μ cannot overflow where f / μ would.
-        centred = exponents - jax.lax.stop_gradient(jnp.max(exponents))
-        return jax.nn.softmax(centred / jnp.asarray(mu, exponents.dtype))
-
-    def on_losses(state: STCHState, weights, losses):
-        k = losses.shape[0]
-        shift = 0.0 if reference is None else reference
-        exponents = weights * (losses - _loss_values.per_task(shift, k, "reference", losses.dtype))
-        coefficients = smooth_max_weights(exponents) * weights
-        return coefficients, _loss_values.all_finite(losses), state
-
-    def on_log_losses(state: STCHState, weights, losses):
-        k = losses.shape[0]
-        valid = _loss_values.all_finite(losses) & jnp.all(losses > 0)
-        safe = jnp.where(valid, losses, 1.0)
-        warming_up = state.count < warmup_steps
-        total = state.warmup_loss_sum.astype(losses.dtype)
-        ideal = total / jnp.asarray(warmup_steps, losses.dtype)
-        safe_ideal = jnp.where(ideal > 0, ideal, 1.0)
-        exponents = weights * (jnp.log(safe) - jnp.log(safe_ideal))
-        tchebycheff = k * smooth_max_weights(exponents) * weights / safe
-        coefficients = jnp.where(warming_up, weights / safe, tchebycheff)
-        new_state = STCHState(
-            count=jnp.where(warming_up, state.count + 1, state.count),
-            warmup_loss_sum=jnp.where(warming_up, total + safe, total).astype(jnp.float32),
-        )
-        return coefficients, valid, new_state
-
-    def weighting(gram, state: STCHState, weights, **extra_args):
-        del gram
-        dtype = weights.dtype
-        losses = _loss_values.task_losses(extra_args, weights.shape[0], _NAME, dtype)
-        rule = on_losses if warmup_steps is None else on_log_losses
-        coefficients, valid, stepped = rule(state, weights, losses)
-        new_state = _loss_values.keep_if(valid, stepped, state)
-        return WeightingResult(jnp.where(valid, coefficients, jnp.nan), new_state)
-
-    return stacked_gradient_transformation(
-        weighting,
-        init_method_state,
+    return loss_weighting_transformation(
+        stch_weighting(mu=mu, reference=reference, warmup_steps=warmup_steps),
         name=_NAME,
         num_tasks=num_tasks,
         task_weights=task_weights,
         shared_mask=shared_mask,
-        uses_gram=False,
         hyperparams_valid=hyperparams_valid,
     )

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import optax
 
 from camegrad_jax import _loss_values, _tree, _validation
-from camegrad_jax._aggregation import WeightingResult, stacked_gradient_transformation
+from camegrad_jax._aggregation import WeightingResult
+from camegrad_jax._loss_weighting import LossWeighting, loss_weighting_transformation
 
 _NAME = "uncertainty_weighting"
 
@@ -30,6 +31,30 @@ class UncertaintyWeightingState(NamedTuple):
     """UW's own state (``MultiTaskState.method_state``)."""
 
     log_vars: jax.Array  # (K,) float32, the learned log-variances s_i.
+
+
+def uncertainty_weighting_weighting(
+    *, learning_rate: float = 0.01, init_log_var: float = 0.0
+) -> LossWeighting:
+    """Uncertainty weighting's :class:`~camegrad_jax.LossWeighting` (see
+    :func:`uncertainty_weighting`, which checks the hyper-parameters): from the raw task losses, the
+    method's state and the task weights to coefficients on the raw gradients and the new state."""
+
+    def init_method_state(k: int) -> UncertaintyWeightingState:
+        return UncertaintyWeightingState(log_vars=jnp.full((k,), init_log_var, jnp.float32))
+
+    def weighting(losses, state: UncertaintyWeightingState, weights):
+        dtype = weights.dtype
+        losses = weights * losses
+        log_vars = state.log_vars.astype(dtype)
+        precision = jnp.exp(-log_vars)
+        stepped = log_vars - jnp.asarray(learning_rate, dtype) * (1.0 - precision * losses)
+        finite = _loss_values.all_finite(losses, stepped)
+        coefficients = jnp.where(finite, weights * precision, jnp.nan)
+        new_state = UncertaintyWeightingState(log_vars=jnp.where(finite, stepped, log_vars))
+        return WeightingResult(coefficients, new_state)
+
+    return LossWeighting(init_method_state, weighting)
 
 
 def uncertainty_weighting(
@@ -104,28 +129,11 @@ def uncertainty_weighting(
     )
     _loss_values.check_finite(init_log_var, "init_log_var")
 
-    def init_method_state(k: int) -> UncertaintyWeightingState:
-        return UncertaintyWeightingState(log_vars=jnp.full((k,), init_log_var, jnp.float32))
-
-    def weighting(gram, state: UncertaintyWeightingState, weights, **extra_args):
-        del gram
-        dtype = weights.dtype
-        losses = weights * _loss_values.task_losses(extra_args, weights.shape[0], _NAME, dtype)
-        log_vars = state.log_vars.astype(dtype)
-        precision = jnp.exp(-log_vars)
-        stepped = log_vars - jnp.asarray(learning_rate, dtype) * (1.0 - precision * losses)
-        finite = _loss_values.all_finite(losses, stepped)
-        coefficients = jnp.where(finite, weights * precision, jnp.nan)
-        new_state = UncertaintyWeightingState(log_vars=jnp.where(finite, stepped, log_vars))
-        return WeightingResult(coefficients, new_state)
-
-    return stacked_gradient_transformation(
-        weighting,
-        init_method_state,
+    return loss_weighting_transformation(
+        uncertainty_weighting_weighting(learning_rate=learning_rate, init_log_var=init_log_var),
         name=_NAME,
         num_tasks=num_tasks,
         task_weights=task_weights,
         shared_mask=shared_mask,
-        uses_gram=False,
         hyperparams_valid=hyperparams_valid,
     )

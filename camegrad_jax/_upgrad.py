@@ -9,7 +9,11 @@ import jax.numpy as jnp
 import optax
 
 from camegrad_jax import _tree, _validation
-from camegrad_jax._aggregation import gram_weighting_transformation
+from camegrad_jax._aggregation import (
+    Weighting,
+    stacked_gradient_transformation,
+    stateless_weighting,
+)
 from camegrad_jax._cone import project_onto_dual_cone
 
 Reduction = Literal["mean", "sum"]
@@ -26,6 +30,13 @@ def upgrad_coefficients(gram: jax.Array, reduction: Reduction = "mean") -> jax.A
     )
     combined = jnp.sum(projections, axis=0)
     return combined / num_tasks if reduction == "mean" else combined
+
+
+def upgrad_weighting(*, reduction: Reduction = "mean") -> Weighting:
+    """UPGrad's :class:`~camegrad_jax.Weighting` (see :func:`upgrad`): stateless, from the Gram
+    matrix of the raw task gradients and the task weights."""
+    _validation.check_choice(reduction, REDUCTIONS, "reduction")
+    return stateless_weighting(lambda gram: upgrad_coefficients(gram, reduction))
 
 
 def upgrad(
@@ -86,8 +97,8 @@ def upgrad(
     """
     _validation.check_choice(reduction, REDUCTIONS, "reduction")
 
-    return gram_weighting_transformation(
-        lambda gram: upgrad_coefficients(gram, reduction),
+    return stacked_gradient_transformation(
+        upgrad_weighting(reduction=reduction),
         name="upgrad",
         num_tasks=num_tasks,
         task_weights=task_weights,
