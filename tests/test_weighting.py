@@ -1,7 +1,6 @@
 """The one method contract: every Gram-based method's public weighting (`cg.<name>_weighting`)
 gives, from the Gram matrix of the raw task gradients, the coefficients its transformation
-applies, step after step; and the wrappers that replaced the builder's options keep the
-transformations' contracts (the registry-wide suites run them too)."""
+applies, step after step, and so does every loss-based method's, from the raw losses."""
 
 from __future__ import annotations
 
@@ -15,6 +14,9 @@ import camegrad_jax as cg
 
 # MMPareto is a "gradient" row only for its per-leaf magnitudes: its direction is a weighting.
 GRAM_ROWS = [*cg.registered_methods(kinds=("gram",)), cg.method_info("mmpareto")]
+# The default run checks one row of each kind of weighting state (none, a warm start, a PRNG
+# key, smoothed weights, a further Gram matrix); every row runs under -m slow.
+DEFAULT_ROWS = ("linear", "camegrad", "upgrad", "pcgrad", "cr_mogm", "modo")
 
 
 def public_weighting(info: cg.MethodInfo) -> cg.Weighting:
@@ -25,7 +27,14 @@ def public_weighting(info: cg.MethodInfo) -> cg.Weighting:
     return make(**{key: value for key, value in kwargs.items() if key in accepted})
 
 
-@pytest.mark.parametrize("info", GRAM_ROWS, ids=lambda info: info.name)
+@pytest.mark.parametrize(
+    "info",
+    [
+        pytest.param(info, marks=() if info.name in DEFAULT_ROWS else pytest.mark.slow)
+        for info in GRAM_ROWS
+    ],
+    ids=lambda info: info.name,
+)
 def test_public_weighting_gives_the_transformations_coefficients(info):
     rng = np.random.default_rng(7)
     num_tasks = max(3, info.min_tasks)
@@ -33,9 +42,7 @@ def test_public_weighting_gives_the_transformations_coefficients(info):
     # Small integers: every Gram entry is exact, so the transformation's G (formed from the
     # gradients) and the one given to the weighting are the same matrix.
     extra = {"diagnostics": True} if info.name == "linear" else {}
-    tx = info.build(
-        num_tasks=num_tasks, task_weights=task_weights, **info.example_kwargs, **extra
-    )
+    tx = info.build(num_tasks=num_tasks, task_weights=task_weights, **info.example_kwargs, **extra)
     weighting = public_weighting(info)
     params = jnp.zeros(6)
     state, method_state = tx.init(params), weighting.init(num_tasks)
@@ -60,9 +67,7 @@ def test_every_gram_row_exposes_its_weighting():
 
 # RLW draws its weights and reads no loss; GradNorm reads the Gram matrix as well.
 LOSS_ROWS = [
-    info
-    for info in cg.registered_methods(kinds=("loss",))
-    if info.name not in ("rlw", "gradnorm")
+    info for info in cg.registered_methods(kinds=("loss",)) if info.name not in ("rlw", "gradnorm")
 ]
 
 
