@@ -42,7 +42,7 @@ from camegrad_jax._fairgrad import FairGradState, fairgrad, fairgrad_weighting, 
 from camegrad_jax._famo import FamoState, famo, famo_weighting
 from camegrad_jax._geometric_mean import geometric_mean, geometric_mean_weighting
 from camegrad_jax._graddrop import GradDropState, graddrop
-from camegrad_jax._gradnorm import GradNormState, gradnorm
+from camegrad_jax._gradnorm import GradNormState, gradnorm, gradnorm_weighting
 from camegrad_jax._gradvac import GradVacState, gradvac, gradvac_coefficients, gradvac_weighting
 from camegrad_jax._gram_only import gram_only_gradients
 from camegrad_jax._grouping import GroupedState
@@ -59,7 +59,7 @@ from camegrad_jax._nash_mtl import NashMTLState, nash_mtl, nash_mtl_weighting, s
 from camegrad_jax._pcd import PCDState, pcd, pcd_weighting
 from camegrad_jax._pcgrad import PCGradState, pcgrad, pcgrad_coefficients, pcgrad_weighting
 from camegrad_jax._registry import METHODS, MethodInfo, method_info, registered_methods
-from camegrad_jax._rlw import RLWState, rlw
+from camegrad_jax._rlw import RLWState, rlw, rlw_weighting
 from camegrad_jax._rotograd import Rotation, RotoGrad, RotoGradScalingState, rotograd_scaling
 from camegrad_jax._scale_invariant import scale_invariant, scale_invariant_weighting
 from camegrad_jax._sdmgrad import SDMGradState, sdmgrad, sdmgrad_weighting, sdmgrad_weights
@@ -177,6 +177,8 @@ __all__ = [
     "uncertainty_weighting",
     "upgrad",
     "upgrad_coefficients",
+    "rlw_weighting",
+    "gradnorm_weighting",
     "linear_weighting",
     "camegrad_weighting",
     "cagrad_weighting",

@@ -43,6 +43,52 @@ class GradNormState(NamedTuple):
     count: jax.Array  # () int32, number of updates so far.
 
 
+def gradnorm_weighting(*, alpha: float = 1.5, learning_rate: float = 0.025) -> Weighting:
+    """GradNorm's :class:`~camegrad_jax.Weighting` (see :func:`gradnorm`, which checks the
+    hyper-parameters): a loss-based method that also reads the gradient norms, from the diagonal
+    of the raw Gram matrix on the layer W, and the raw losses, passed as ``value=losses``."""
+
+    def init_method_state(k: int) -> GradNormState:
+        return GradNormState(
+            weights=jnp.ones((k,), jnp.float32),
+            initial_losses=jnp.zeros((k,), jnp.float32),
+            count=jnp.zeros((), jnp.int32),
+        )
+
+    def weighting(gram, state: GradNormState, weights, **extra_args):
+        dtype = gram.dtype
+        k = weights.shape[0]
+        losses = weights * _loss_values.task_losses(extra_args, k, _NAME, dtype)
+        initial = jnp.where(state.count == 0, losses, state.initial_losses.astype(dtype))
+        loss_weights = state.weights.astype(dtype)
+
+        norms = weights * jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+        weighted_norms = loss_weights * norms
+        ratio = jnp.where(initial > 0, losses / jnp.where(initial > 0, initial, 1.0), 1.0)
+        mean_ratio = jnp.mean(ratio)
+        inverse_rate = jnp.where(
+            mean_ratio > 0, ratio / jnp.where(mean_ratio > 0, mean_ratio, 1), 1
+        )
+        target = jnp.mean(weighted_norms) * inverse_rate ** jnp.asarray(alpha, dtype)
+        gradient = jnp.sign(weighted_norms - target) * norms
+        stepped = jnp.maximum(loss_weights - jnp.asarray(learning_rate, dtype) * gradient, 0.0)
+        total = jnp.sum(stepped)
+        renormalised = jnp.where(
+            total > 0, k * stepped / jnp.where(total > 0, total, 1), loss_weights
+        )
+
+        finite = _loss_values.all_finite(losses, gram)
+        new_state = GradNormState(
+            weights=jnp.where(finite, renormalised, loss_weights),
+            initial_losses=jnp.where(finite, initial, state.initial_losses.astype(dtype)),
+            count=jnp.where(finite, optax.safe_int32_increment(state.count), state.count),
+        )
+        coefficients = jnp.where(finite, loss_weights * weights, jnp.nan)
+        return WeightingResult(coefficients, new_state)
+
+    return Weighting(init_method_state, weighting)
+
+
 def gradnorm(
     *,
     alpha: float = 1.5,
@@ -122,46 +168,8 @@ def gradnorm(
         _validation.check_positive(learning_rate, "learning_rate"),
     )
 
-    def init_method_state(k: int) -> GradNormState:
-        return GradNormState(
-            weights=jnp.ones((k,), jnp.float32),
-            initial_losses=jnp.zeros((k,), jnp.float32),
-            count=jnp.zeros((), jnp.int32),
-        )
-
-    def weighting(gram, state: GradNormState, weights, **extra_args):
-        dtype = gram.dtype
-        k = weights.shape[0]
-        losses = weights * _loss_values.task_losses(extra_args, k, _NAME, dtype)
-        initial = jnp.where(state.count == 0, losses, state.initial_losses.astype(dtype))
-        loss_weights = state.weights.astype(dtype)
-
-        norms = weights * jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
-        weighted_norms = loss_weights * norms
-        ratio = jnp.where(initial > 0, losses / jnp.where(initial > 0, initial, 1.0), 1.0)
-        mean_ratio = jnp.mean(ratio)
-        inverse_rate = jnp.where(
-            mean_ratio > 0, ratio / jnp.where(mean_ratio > 0, mean_ratio, 1), 1
-        )
-        target = jnp.mean(weighted_norms) * inverse_rate ** jnp.asarray(alpha, dtype)
-        gradient = jnp.sign(weighted_norms - target) * norms
-        stepped = jnp.maximum(loss_weights - jnp.asarray(learning_rate, dtype) * gradient, 0.0)
-        total = jnp.sum(stepped)
-        renormalised = jnp.where(
-            total > 0, k * stepped / jnp.where(total > 0, total, 1), loss_weights
-        )
-
-        finite = _loss_values.all_finite(losses, gram)
-        new_state = GradNormState(
-            weights=jnp.where(finite, renormalised, loss_weights),
-            initial_losses=jnp.where(finite, initial, state.initial_losses.astype(dtype)),
-            count=jnp.where(finite, optax.safe_int32_increment(state.count), state.count),
-        )
-        coefficients = jnp.where(finite, loss_weights * weights, jnp.nan)
-        return WeightingResult(coefficients, new_state)
-
     inner = stacked_gradient_transformation(
-        Weighting(init_method_state, weighting),
+        gradnorm_weighting(alpha=alpha, learning_rate=learning_rate),
         name=_NAME,
         num_tasks=num_tasks,
         task_weights=task_weights,

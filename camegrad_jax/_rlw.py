@@ -39,6 +39,24 @@ def _sample(key: jax.Array, distribution: str, num_tasks: int, dtype: Any) -> ja
     return jax.random.dirichlet(key, jnp.ones((num_tasks,), dtype))
 
 
+def rlw_weighting(*, distribution: Distribution = "normal", seed: int = 0) -> Weighting:
+    """RLW's :class:`~camegrad_jax.Weighting` (see :func:`rlw`, which checks the
+    hyper-parameters): weights drawn from the PRNG key in its state; it reads neither the Gram
+    matrix (the builder does not form it) nor the losses."""
+
+    def init_method_state(k: int) -> RLWState:
+        del k
+        return RLWState(key=jax.random.PRNGKey(seed))
+
+    def weighting(gram, state: RLWState, weights, **extra_args):
+        del gram, extra_args
+        key, draw = jax.random.split(state.key)
+        sample = _sample(draw, distribution, weights.shape[0], weights.dtype)
+        return WeightingResult(jax.nn.softmax(sample) * weights, RLWState(key=key))
+
+    return Weighting(init_method_state, weighting)
+
+
 def rlw(
     *,
     distribution: Distribution = "normal",
@@ -98,18 +116,8 @@ def rlw(
     _validation.check_choice(distribution, DISTRIBUTIONS, "distribution")
     _loss_values.check_integer(seed, "seed")
 
-    def init_method_state(k: int) -> RLWState:
-        del k
-        return RLWState(key=jax.random.PRNGKey(seed))
-
-    def weighting(gram, state: RLWState, weights, **extra_args):
-        del gram, extra_args
-        key, draw = jax.random.split(state.key)
-        sample = _sample(draw, distribution, weights.shape[0], weights.dtype)
-        return WeightingResult(jax.nn.softmax(sample) * weights, RLWState(key=key))
-
     return stacked_gradient_transformation(
-        Weighting(init_method_state, weighting),
+        rlw_weighting(distribution=distribution, seed=seed),
         name=_NAME,
         num_tasks=num_tasks,
         task_weights=task_weights,

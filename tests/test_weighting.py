@@ -13,10 +13,14 @@ import pytest
 import camegrad_jax as cg
 
 # MMPareto is a "gradient" row only for its per-leaf magnitudes: its direction is a weighting.
-GRAM_ROWS = [*cg.registered_methods(kinds=("gram",)), cg.method_info("mmpareto")]
+# RLW and GradNorm are loss rows written as weightings: RLW reads no loss, GradNorm reads G too.
+GRAM_ROWS = [
+    *cg.registered_methods(kinds=("gram",)),
+    *(cg.method_info(name) for name in ("mmpareto", "rlw", "gradnorm")),
+]
 # The default run checks one row of each kind of weighting state (none, a warm start, a PRNG
 # key, smoothed weights, a further Gram matrix); every row runs under -m slow.
-DEFAULT_ROWS = ("linear", "camegrad", "upgrad", "pcgrad", "cr_mogm", "modo")
+DEFAULT_ROWS = ("linear", "camegrad", "upgrad", "pcgrad", "cr_mogm", "modo", "rlw", "gradnorm")
 
 
 def public_weighting(info: cg.MethodInfo) -> cg.Weighting:
