@@ -397,7 +397,8 @@ def _with_setting_b_noise(
     inner: optax.GradientTransformationExtraArgs, shared_mask: _tree.MaskOrFn
 ) -> optax.GradientTransformationExtraArgs:
     """Setting B: ``inner``'s update plus isotropic noise on the shared leaves, of the expected
-    norm that :func:`camegrad_weights` left in the state (``noise_norm``)."""
+    norm that :func:`camegrad_weights` left in the state (``noise_norm``, float32 there, drawn
+    in the gradients' accumulation dtype); ``stats.update_norm`` then measures the noisy update."""
 
     def update_fn(task_updates, state, params=None, **extra_args):
         updates, state = inner.update(task_updates, state, params, **extra_args)

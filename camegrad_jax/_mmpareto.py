@@ -275,7 +275,9 @@ def _with_magnitude_per_leaf(
 
     The per-leaf Gram matrices G_p sum to the G that ``direction`` forms (the same products in
     the same order), so the direction's coefficients are recomputed from them in the gradients'
-    accumulation dtype rather than read back from the state, which keeps them in float32.
+    accumulation dtype rather than read back from the state, which keeps them in float32. The
+    G_p are formed here a second time: the price of keeping the builder free of per-method
+    options (under ``jit``, XLA's common-subexpression pass may merge the identical products).
     """
 
     def update_fn(task_updates, state, params=None, **extra_args):
