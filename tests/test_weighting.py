@@ -18,9 +18,10 @@ GRAM_ROWS = [
     *cg.registered_methods(kinds=("gram",)),
     *(cg.method_info(name) for name in ("mmpareto", "rlw", "gradnorm")),
 ]
-# The default run checks one row of each kind of weighting state (none, a warm start, a PRNG
-# key, smoothed weights, a further Gram matrix); every row runs under -m slow.
-DEFAULT_ROWS = ("linear", "camegrad", "upgrad", "pcgrad", "cr_mogm", "modo", "rlw", "gradnorm")
+# The default run checks one row of each kind of weighting (the task weights alone, a stateless
+# rule, a warm start, smoothed weights, a further Gram matrix, a PRNG key, losses and G); every
+# row runs under -m slow.
+DEFAULT_ROWS = ("linear", "camegrad", "imtl_g", "cr_mogm", "modo", "rlw", "gradnorm")
 
 
 def public_weighting(info: cg.MethodInfo) -> cg.Weighting:
