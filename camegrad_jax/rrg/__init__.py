@@ -17,7 +17,7 @@ from camegrad_jax.rrg.aux_tasks import (
 )
 from camegrad_jax.rrg.checkpoint import restore_checkpoint, save_checkpoint
 from camegrad_jax.rrg.chexbert import CheXbertLabeler
-from camegrad_jax.rrg.config import TASK_NAMES, TrainConfig
+from camegrad_jax.rrg.config import SELECTION_METRICS, TASK_NAMES, TrainConfig
 from camegrad_jax.rrg.data import (
     DATASET_VIEWS,
     DEFAULT_MAX_LEN,
@@ -33,7 +33,7 @@ from camegrad_jax.rrg.data import (
     read_annotation,
 )
 from camegrad_jax.rrg.diagnostics import StepLog, step_diagnostics, summarize_step_log
-from camegrad_jax.rrg.evaluation import SELECTION_METRIC, evaluate_split, generate_reports
+from camegrad_jax.rrg.evaluation import evaluate_split, generate_reports
 from camegrad_jax.rrg.experiment import Setup, build_setup, make_train_step, update_samples
 from camegrad_jax.rrg.labeler import label_reports
 from camegrad_jax.rrg.labeler_agreement import LabelerAgreement, check_labels, labeler_agreement
@@ -110,7 +110,7 @@ __all__ = [
     "PAD_ID",
     "POSITIVE",
     "RESULTS_FILE",
-    "SELECTION_METRIC",
+    "SELECTION_METRICS",
     "SPLITS",
     "STEP_LOG_FILE",
     "TASK_NAMES",

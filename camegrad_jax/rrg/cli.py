@@ -132,6 +132,12 @@ def _train_flags() -> list[_Flag]:
         ("--beam-size", "beam_size", {"type": int}, "1: greedy decoding; more: beam search"),
         ("--eval-batch-size", "eval_batch_size", {"type": int}, "decoding batch size"),
         ("--eval-every", "eval_every", {"type": int}, "validate every N epochs"),
+        (
+            "--select-by",
+            "selection_metric",
+            {"type": str},
+            "val metric of the best checkpoint (default ce_example_f1)",
+        ),
         ("--meteor-val", "meteor_val", {"action": flag}, "METEOR on val (Java, ~15 s a call)"),
         ("--meteor-test", "meteor_test", {"action": flag}, "METEOR on the final test"),
         ("--log-every", "log_every", {"type": int}, "steps between diagnostics fetches"),

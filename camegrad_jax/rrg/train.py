@@ -43,7 +43,7 @@ from camegrad_jax.rrg import checkpoint as ckpt
 from camegrad_jax.rrg.config import TASK_NAMES, TrainConfig
 from camegrad_jax.rrg.data import RRGDataset
 from camegrad_jax.rrg.diagnostics import StepLog, summarize_step_log
-from camegrad_jax.rrg.evaluation import SELECTION_METRIC, evaluate_split
+from camegrad_jax.rrg.evaluation import evaluate_split
 from camegrad_jax.rrg.experiment import Setup, build_setup, make_train_step
 from camegrad_jax.rrg.model import RRGModel
 from camegrad_jax.rrg.optim import MULTITASK_METHODS
@@ -403,7 +403,8 @@ class _Trainer:
         record = self.history[-1]
         record["val"] = metrics
         record["val_seconds"] = time.perf_counter() - started
-        value = metrics[SELECTION_METRIC]
+        selection_metric = self.config.selection_metric
+        value = metrics[selection_metric]
         # `>=` as the public CAME-Grad trainer: on a tie the later epoch is kept.
         if self.best is None or value >= self.best["value"]:
             self.best = {"epoch": epoch + 1, "step": self.step, "value": value}
@@ -417,7 +418,7 @@ class _Trainer:
         if self.progress:
             tqdm.write(
                 f"epoch {epoch + 1}: L_lm {record['train_loss_lm']:.4f}  "
-                f"L_cls {record['train_loss_cls']:.4f}  val {SELECTION_METRIC} {value:.4f}  "
+                f"L_cls {record['train_loss_cls']:.4f}  val {selection_metric} {value:.4f}  "
                 f"BLEU_4 {metrics['BLEU_4']:.4f}"
             )
 
@@ -449,7 +450,8 @@ class _Trainer:
         )
         notes = [
             "References are the R2Gen-cleaned reference reports; CE labels both sides with the "
-            "rule-based labeler; best checkpoint by val ce_example_f1 (ties: later epoch).",
+            f"rule-based labeler; best checkpoint by val {config.selection_metric} (ties: later "
+            "epoch).",
             "Gradient statistics (cosine, norms, collapse ratio) are on the shared parameters "
             "(the visual encoder).",
         ]
@@ -487,7 +489,11 @@ class _Trainer:
                     "total_steps": setup.total_steps,
                 },
                 "epochs": self.history,
-                "selection": {"metric": SELECTION_METRIC, "split": "val", **(self.best or {})},
+                "selection": {
+                    "metric": self.config.selection_metric,
+                    "split": "val",
+                    **(self.best or {}),
+                },
                 "divergence": self.diverged,
                 "test": test,
                 "diagnostics": summarize_step_log(self.step_log),

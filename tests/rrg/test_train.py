@@ -94,10 +94,13 @@ CAMEGRAD_FIELDS = {
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Name -> (config, results) of the two tiny runs."""
+    """Name -> (config, results) of the two tiny runs (the linear one selects its checkpoint by
+    BLEU-4, the other by the default CE F1)."""
     out = {}
-    for name in ("camegrad", "linear"):
-        config = tiny_config(tmp_path_factory.mktemp(name), optimizer=name)
+    for name, selection_metric in (("camegrad", "ce_example_f1"), ("linear", "BLEU_4")):
+        config = tiny_config(
+            tmp_path_factory.mktemp(name), optimizer=name, selection_metric=selection_metric
+        )
         out[name] = (config, train(config, progress=False))
     return out
 
@@ -301,9 +304,12 @@ def test_results_json_has_every_key(runs):
         for epoch in results["epochs"]:
             assert set(epoch["val"]) >= METRIC_KEYS
             assert {"train_loss_lm", "train_loss_cls", "learning_rate", "step"} <= set(epoch)
+        # The best epoch by the configured val metric, the later one on a tie.
         selection = results["selection"]
-        best = max(e["val"]["ce_example_f1"] for e in results["epochs"])
-        assert selection["metric"] == "ce_example_f1" and selection["value"] == best
+        values = [e["val"][config.selection_metric] for e in results["epochs"]]
+        best_epoch = max(range(len(values)), key=lambda i: (values[i], i)) + 1
+        assert selection["metric"] == config.selection_metric
+        assert (selection["epoch"], selection["value"]) == (best_epoch, max(values))
         assert results["timing"]["wall_seconds"] > 0 and results["timing"]["peak_rss_mb"] > 0
         assert 0 < results["model"]["num_shared_params"] < results["model"]["num_params"]
         summary = results["diagnostics"]
@@ -474,6 +480,11 @@ def test_config_round_trip_and_validation():
         TrainConfig(epochs=0)
     with pytest.raises(ValueError, match="dataset_name"):
         TrainConfig(dataset_name="chexpert")
+    with pytest.raises(ValueError, match="`selection_metric = 'bleu'`"):
+        TrainConfig(selection_metric="bleu")
+    # Configs saved before the field existed were selected by the paper's CE F1.
+    saved = {k: v for k, v in config.to_dict().items() if k != "selection_metric"}
+    assert TrainConfig.from_dict(saved).selection_metric == "ce_example_f1"
     assert TrainConfig(cls_weight=2.0).task_weights == (1.0, 2.0)
 
 
