@@ -265,9 +265,8 @@ def make_train_step(
     def stgu_step(params, opt_state, rest, batch, step, seed):
         key = _dropout_key(seed, step)
         learning_rate = schedule(step)
-        adamw = opt_state.opt_state
-        hyperparams = {**adamw.hyperparams, "learning_rate": learning_rate}
-        opt_state = opt_state._replace(opt_state=adamw._replace(hyperparams=hyperparams))
+        # The only `learning_rate` in the state: the injected hyper-parameter of the AdamW.
+        opt_state = optax.tree_utils.tree_set(opt_state, learning_rate=learning_rate)
         params, opt_state, info = tx.step(params, opt_state, rest, batch, key)
         diagnostics = step_diagnostics(info.losses, opt_state)
         diagnostics["num_groups"] = opt_state.num_groups
