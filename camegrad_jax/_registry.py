@@ -593,4 +593,3 @@ def registered_methods(
         and (variants or info.variant_of is None)
         and (task_count is None or info.min_tasks <= task_count)
     )
-
