@@ -11,7 +11,7 @@ import pytest
 from method_registry import METHODS as SUITE_METHODS
 
 import camegrad_jax as cg
-from camegrad_jax.rrg.compare import CAMEGRAD_FAMILY
+from camegrad_jax.rrg.compare_plan import CAMEGRAD_FAMILY
 from camegrad_jax.rrg.optim import MULTITASK_METHODS
 
 ROOT = Path(__file__).resolve().parent.parent

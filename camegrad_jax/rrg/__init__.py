@@ -74,6 +74,8 @@ from camegrad_jax.rrg.optim import (
     build_step_method,
     step_optimizer,
 )
+from camegrad_jax.rrg.restore import evaluate_run, restore_run
+from camegrad_jax.rrg.results import RESULTS_FILE, STEP_LOG_FILE, RunResults
 from camegrad_jax.rrg.synthetic import (
     SyntheticConfig,
     generate_synthetic,
@@ -88,7 +90,7 @@ from camegrad_jax.rrg.tokenizer import (
     Tokenizer,
     clean_report,
 )
-from camegrad_jax.rrg.train import RESULTS_FILE, STEP_LOG_FILE, evaluate_run, restore_run, train
+from camegrad_jax.rrg.train import train
 
 __all__ = [
     "AUX_TASKS",
@@ -125,6 +127,7 @@ __all__ = [
     "RawSplit",
     "RRGDataset",
     "RRGModel",
+    "RunResults",
     "Setup",
     "StepLog",
     "SyntheticConfig",
