@@ -32,6 +32,7 @@ from camegrad_jax.rrg.data import (
     positive_rate,
     read_annotation,
 )
+from camegrad_jax.rrg.decoding import beam_search_decode, classification_probs, greedy_decode
 from camegrad_jax.rrg.diagnostics import StepLog, step_diagnostics, summarize_step_log
 from camegrad_jax.rrg.evaluation import SELECTION_METRIC, evaluate_split, generate_reports
 from camegrad_jax.rrg.experiment import Setup, build_setup, make_train_step, update_samples
@@ -48,9 +49,6 @@ from camegrad_jax.rrg.metrics import (
 from camegrad_jax.rrg.model import (
     ModelConfig,
     RRGModel,
-    beam_search_decode,
-    classification_probs,
-    greedy_decode,
     loss_vector,
     losses,
     losses_with_aux,
