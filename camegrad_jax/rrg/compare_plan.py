@@ -24,6 +24,7 @@ from typing import Any
 import camegrad_jax
 from camegrad_jax.rrg.config import TrainConfig
 from camegrad_jax.rrg.optim import MULTITASK_METHODS, available_methods
+from camegrad_jax.rrg.results import Record
 
 __all__ = [
     "AUX_COLUMNS",
@@ -242,7 +243,7 @@ def plan_runs(config: CompareConfig) -> list[RunSpec]:
 
 
 @dataclasses.dataclass(frozen=True)
-class RunRecord:
+class RunRecord(Record):
     """What one run of a comparison gave: the ``runs`` entries of ``summary.json``.
 
     Attributes:
@@ -262,6 +263,8 @@ class RunRecord:
       noise: its update-noise measurement, for the ``noise_methods``; else None.
     """
 
+    OMITTED_WHEN_NONE = ("noise",)
+
     name: str
     method: str
     seed: int
@@ -276,13 +279,3 @@ class RunRecord:
     wall_seconds: float
     steps: int
     noise: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        if self.noise is None:  # Not measured: the key is absent, not null.
-            del out["noise"]
-        return out
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> RunRecord:
-        return cls(**values)

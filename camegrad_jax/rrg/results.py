@@ -20,7 +20,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
@@ -34,6 +34,7 @@ __all__ = [
     "STEP_LOG_FILE",
     "TEST_REPORTS_FILE",
     "EpochRecord",
+    "Record",
     "RunResults",
     "Selection",
     "Timing",
@@ -73,10 +74,34 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+_R = TypeVar("_R", bound="Record")
+
+
+class Record:
+    """A frozen dataclass kept in JSON as the dict of its fields, in their order; the fields
+    named in ``OMITTED_WHEN_NONE`` are left out while None (absent, not null, as the files
+    have always had them)."""
+
+    OMITTED_WHEN_NONE: ClassVar[tuple[str, ...]] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for name in self.OMITTED_WHEN_NONE:
+            if out[name] is None:
+                del out[name]
+        return out
+
+    @classmethod
+    def from_dict(cls: type[_R], values: Mapping[str, Any]) -> _R:
+        return cls(**values)
+
+
 @dataclasses.dataclass(frozen=True)
-class EpochRecord:
+class EpochRecord(Record):
     """One trained epoch: its last step, the mean training losses over its steps, the learning
     rate of its last step, and, where it was validated, the validation metrics and their time."""
+
+    OMITTED_WHEN_NONE = ("val", "val_seconds")
 
     epoch: int
     step: int
@@ -86,19 +111,9 @@ class EpochRecord:
     val: Metrics | None = None
     val_seconds: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        if self.val is None:  # Not validated: the keys are absent, not null.
-            del out["val"], out["val_seconds"]
-        return out
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> EpochRecord:
-        return cls(**values)
-
 
 @dataclasses.dataclass(frozen=True)
-class Selection:
+class Selection(Record):
     """The checkpoint kept as best: ``metric`` on ``split``, and the ``epoch``, ``step`` and
     ``value`` where it was best (None before any validation)."""
 
@@ -110,28 +125,17 @@ class Selection:
 
     def to_dict(self) -> dict[str, Any]:
         out = {"metric": self.metric, "split": self.split}
-        if self.epoch is not None:
+        if self.epoch is not None:  # Validated: all three, whatever their values.
             out.update(epoch=self.epoch, step=self.step, value=self.value)
         return out
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> Selection:
-        return cls(**values)
-
 
 @dataclasses.dataclass(frozen=True)
-class Timing:
+class Timing(Record):
     """``wall_seconds`` over every resume of the run; ``peak_rss_mb`` of the last process."""
 
     wall_seconds: float
     peak_rss_mb: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> Timing:
-        return cls(**values)
 
 
 @dataclasses.dataclass(frozen=True)
