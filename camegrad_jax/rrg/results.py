@@ -4,7 +4,9 @@
 ``results.json``; :mod:`camegrad_jax.rrg.compare` reads finished runs back with
 :meth:`RunResults.from_dict`. ``to_dict`` gives back the JSON of the format
 ``"camegrad-rrg-results/1"`` key for key, in its order, so a record read from a file and written
-again is the same file, and run folders written before these records existed still load.
+again is the same file, and run folders written before these records existed still load (files
+of earlier versions, without ``divergence`` or with fewer configuration fields, load with the
+values those versions ran with).
 
 Example:
   >>> from camegrad_jax.rrg.results import Selection
@@ -226,7 +228,7 @@ class RunResults:
             optimizer=dict(values["optimizer"]),
             epochs=tuple(EpochRecord.from_dict(epoch) for epoch in values["epochs"]),
             selection=Selection.from_dict(values["selection"]),
-            divergence=values["divergence"],
+            divergence=values.get("divergence"),  # Absent from files of before it existed.
             test=values["test"],
             diagnostics=dict(values["diagnostics"]),
             notes=tuple(values["notes"]),

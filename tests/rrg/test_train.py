@@ -325,6 +325,8 @@ def test_results_are_typed_and_written_back_byte_for_byte(runs):
         assert record.to_json() == (run_dir / RESULTS_FILE).read_text()
         assert record.selection.epoch == results["selection"]["epoch"]
         assert [e.val is not None for e in record.epochs] == [True, True]
+    older = {key: value for key, value in results.items() if key != "divergence"}
+    assert RunResults.from_dict(older).divergence is None  # Files of before divergence existed.
     with pytest.raises(ValueError, match="camegrad-rrg-results/1"):
         RunResults.from_dict({**results, "format": "other"})
 
