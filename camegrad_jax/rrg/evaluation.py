@@ -20,14 +20,10 @@ import numpy as np
 
 from camegrad_jax.rrg.aux_tasks import AlignedRRGModel, retrieval_metrics
 from camegrad_jax.rrg.data import RRGDataset
+from camegrad_jax.rrg.decoding import beam_search_decode, classification_probs, greedy_decode
 from camegrad_jax.rrg.labeler import label_reports
 from camegrad_jax.rrg.metrics import auxiliary_head_metrics, evaluate_reports
-from camegrad_jax.rrg.model import (
-    RRGModel,
-    beam_search_decode,
-    classification_probs,
-    greedy_decode,
-)
+from camegrad_jax.rrg.model import RRGModel
 
 __all__ = ["evaluate_split", "generate_reports"]
 
