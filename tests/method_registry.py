@@ -56,3 +56,11 @@ EXTRA_VARIANTS = [
 ]
 
 METHODS = REGISTERED + EXTRA_VARIANTS
+
+
+def is_variant(method: Method) -> bool:
+    """Whether `method` is another configuration of a row run under its own name (an extra
+    variant above, or a registry row that declares `variant_of`, e.g. CAME-Grad's ablations)."""
+    if method in EXTRA_VARIANTS:
+        return True
+    return cg.method_info(method.name).variant_of is not None

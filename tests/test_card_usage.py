@@ -19,8 +19,10 @@ from test_interop import _LinenTwoHead, _NNXTwoHead, extra_args, two_task_proble
 
 import camegrad_jax as cg
 
-# The settings that each compile a step of their own run on a few methods of each kind.
-SAMPLE = [m for m in METHODS if m.name in ("camegrad", "cagrad", "mgda_loss_plus", "famo")]
+# The settings that each compile a step of their own run on one method of each kind: the card's
+# (Gram-based, warm-started dual), one that reads the losses, and one with a loss history.
+# (CAGrad shares CAME-Grad's dual and state; every row runs in the interop suite.)
+SAMPLE = [m for m in METHODS if m.name in ("camegrad", "mgda_loss_plus", "famo")]
 
 
 def without_task_count(method: Method, **hyper):
@@ -252,8 +254,6 @@ def test_task_gradients_stacks_a_tuple_of_scalar_losses():
     [
         (cg.camegrad, "c", 0.5, -0.1),
         (cg.camegrad, "alpha", 0.2, 1.5),
-        (cg.camegrad, "gamma", 1.5, jnp.nan),
-        (cg.cagrad, "c", 0.4, -1.0),
         (cg.nash_mtl, "max_norm", 1.0, -1.0),
     ],
 )
