@@ -9,8 +9,8 @@ import itertools
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import references
-from gradient_method_checks import (
+from helpers import references
+from helpers.gradient_method_checks import (
     batch_of,
     check_bfloat16,
     check_properties,
@@ -79,7 +79,7 @@ def test_matches_slsqp_dual_and_official_rescaling():
         h = w[:, None] * grads
         expected = official_cagrad(h, c, rescale)
         assert rel_err(update, expected) <= 1e-4, (c, rescale)
-        # The exact enumeration of active sets (tests/references.py) agrees with SLSQP.
+        # The exact enumeration of active sets (tests/helpers/references.py) agrees with SLSQP.
         divisor = {0: 1.0, 1: 1 + c**2, 2: 1 + c}[rescale]
         exact = NUM_TASKS * references.conflict_averse_direction(h, c) / divisor
         assert rel_err(expected, exact) <= 1e-6

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import references
+from helpers import references
 
 import camegrad_jax as cg
 
@@ -92,8 +92,16 @@ def test_boundary_search_reference_agrees_with_enumeration():
         )
 
 
+# Each task count compiles the update anew; the default run takes the ends and a middle count.
+SOME_TASK_COUNTS = [2, 4, 8]
+
+
+def task_counts(*more: int) -> list:
+    return [*SOME_TASK_COUNTS, *(pytest.param(k, marks=pytest.mark.slow) for k in more)]
+
+
 @pytest.mark.parametrize("solver", ["jaxopt", "apg"])
-@pytest.mark.parametrize("num_tasks", [2, 3, 4, 6, 8])
+@pytest.mark.parametrize("num_tasks", task_counts(3, 6))
 def test_stage1_matches_reference_float64(num_tasks, solver):
     rng = np.random.default_rng(100 + num_tasks)
     with jax.enable_x64(True):
@@ -113,7 +121,7 @@ def test_stage1_matches_reference_float64(num_tasks, solver):
 
 
 @pytest.mark.parametrize("solver", ["jaxopt", "apg"])
-@pytest.mark.parametrize("num_tasks", [2, 3, 4, 8])
+@pytest.mark.parametrize("num_tasks", task_counts(3))
 def test_full_update_matches_reference_float32(num_tasks, solver):
     rng = np.random.default_rng(200 + num_tasks)
     for _ in range(6):

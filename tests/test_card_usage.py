@@ -14,8 +14,8 @@ import optax
 import pytest
 from flax import nnx
 from flax.training import train_state
-from method_registry import METHODS, Method
-from test_interop import _LinenTwoHead, _NNXTwoHead, extra_args, two_task_problem
+from helpers.method_registry import METHODS, Method
+from helpers.two_task import LinenTwoHead, NNXTwoHead, extra_args, two_task_problem
 
 import camegrad_jax as cg
 
@@ -98,7 +98,7 @@ def test_nnx_optimizer_without_task_count_eager_and_jitted(method):
         return values
 
     for jitted in (False, True):
-        model = _NNXTwoHead(nnx.Rngs(0))
+        model = NNXTwoHead(nnx.Rngs(0))
         tx = optax.chain(without_task_count(method), optax.adam(1e-2))
         optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
         run = nnx.jit(step) if jitted else step
@@ -110,7 +110,7 @@ def test_nnx_optimizer_without_task_count_eager_and_jitted(method):
 
 @pytest.mark.parametrize("method", SAMPLE, ids=lambda m: m.name)
 def test_linen_train_state_without_task_count(method):
-    module = _LinenTwoHead()
+    module = LinenTwoHead()
     x = jax.random.normal(jax.random.key(2), (32, 4))
     y_a, y_b = jnp.cos(x.sum(1)), -jnp.cos(x.sum(1))
     tx = optax.chain(without_task_count(method), optax.adam(1e-2))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from gradient_method_checks import check_properties, property_batch, run
-from loss_testing import random_problem, rel_err, run_steps
+from helpers.gradient_method_checks import check_properties, property_batch, run
+from helpers.loss_testing import random_problem, rel_err, run_steps
 
 from camegrad_jax._cr_mogm import cr_mogm
 

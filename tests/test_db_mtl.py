@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from loss_testing import random_problem, rel_err, run_steps
+from helpers.loss_testing import random_problem, rel_err, run_steps
 
 import camegrad_jax as cg
 from camegrad_jax._db_mtl import db_mtl

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import references
+from helpers import references
 
 import camegrad_jax as cg
 from camegrad_jax._cone import project_onto_dual_cone

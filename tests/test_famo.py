@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from loss_testing import random_problem, rel_err, run_steps
+from helpers.loss_testing import random_problem, rel_err, run_steps
 
 import camegrad_jax as cg
 from camegrad_jax._famo import famo

@@ -9,7 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from gradient_method_checks import batch_of, check_bfloat16, check_properties, property_batch, run
+from helpers.gradient_method_checks import (
+    batch_of,
+    check_bfloat16,
+    check_properties,
+    property_batch,
+    run,
+)
 
 import camegrad_jax as cg
 from camegrad_jax._graddrop import graddrop

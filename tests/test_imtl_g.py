@@ -6,7 +6,7 @@ import functools
 
 import numpy as np
 import pytest
-from gradient_method_checks import (
+from helpers.gradient_method_checks import (
     batch_of,
     check_bfloat16,
     check_properties,

@@ -1,13 +1,12 @@
 """The interoperability suite every stacked-gradient method passes (optax's `_common_test` idea).
 
-Each entry of `METHODS` (the library's registry, see `method_registry.py`) builds a
+Each entry of `METHODS` (the library's registry, see `helpers/method_registry.py`) builds a
 transformation for K tasks; methods that need the loss values declare it, and receive them as
 the `value` extra argument, as optax does.
 """
 
 from __future__ import annotations
 
-import flax.linen as linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +14,8 @@ import optax
 import pytest
 from flax import nnx
 from flax.training import train_state
-from method_registry import METHODS, Method, is_variant
+from helpers.method_registry import METHODS, Method, is_variant
+from helpers.two_task import LinenTwoHead, NNXTwoHead, extra_args, two_task_problem
 
 import camegrad_jax as cg
 
@@ -58,22 +58,6 @@ ROW_METHODS = default_or_slow(
 INJECTABLE_METHODS = default_or_slow(
     [m for m in METHODS if m.injectable], lambda m: not is_variant(m)
 )
-
-
-def two_task_problem(dtype=jnp.float32):
-    """A shared vector pulled towards two different targets: the task gradients conflict."""
-    params = {"w": jnp.array([0.5, -1.0, 2.0], dtype), "b": jnp.array(0.3, dtype)}
-    targets = jnp.array([[1.0, 1.0, -1.0], [-1.0, 0.5, 1.0]], dtype)
-
-    def losses(p):
-        residual = p["w"][None, :] + p["b"] - targets
-        return jnp.sum(residual**2, axis=1)
-
-    return params, losses
-
-
-def extra_args(method: Method, values):
-    return {"value": values} if method.needs_values else {}
 
 
 # Compilation dominates this suite's time, so each test checks everything one compiled step
@@ -216,20 +200,9 @@ def test_with_apply_if_finite_and_multi_steps_downstream(method):
     assert step._cache_size() == 1
 
 
-class _NNXTwoHead(nnx.Module):
-    def __init__(self, rngs: nnx.Rngs):
-        self.trunk = nnx.Linear(4, 8, rngs=rngs)
-        self.head_a = nnx.Linear(8, 1, rngs=rngs)
-        self.head_b = nnx.Linear(8, 1, rngs=rngs)
-
-    def __call__(self, x):
-        z = jnp.tanh(self.trunk(x))
-        return self.head_a(z)[:, 0], self.head_b(z)[:, 0]
-
-
 @pytest.mark.parametrize("method", FRAMEWORK_METHODS, ids=IDS)
 def test_flax_nnx_optimizer(method):
-    model = _NNXTwoHead(nnx.Rngs(0))
+    model = NNXTwoHead(nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, optax.chain(method.build(2), optax.adam(1e-2)), wrt=nnx.Param)
     x = jax.random.normal(jax.random.key(1), (32, 4))
     y_a, y_b = jnp.sin(x.sum(1)), -jnp.sin(x.sum(1)) + x[:, 0]
@@ -252,16 +225,9 @@ def test_flax_nnx_optimizer(method):
     assert float(jnp.sum(last)) < 0.7 * float(jnp.sum(first))
 
 
-class _LinenTwoHead(linen.Module):
-    @linen.compact
-    def __call__(self, x):
-        z = jnp.tanh(linen.Dense(8)(x))
-        return linen.Dense(1)(z)[:, 0], linen.Dense(1)(z)[:, 0]
-
-
 @pytest.mark.parametrize("method", FRAMEWORK_METHODS, ids=IDS)
 def test_flax_linen_train_state(method):
-    module = _LinenTwoHead()
+    module = LinenTwoHead()
     x = jax.random.normal(jax.random.key(2), (32, 4))
     y_a, y_b = jnp.cos(x.sum(1)), -jnp.cos(x.sum(1))
     variables = module.init(jax.random.key(0), x)

@@ -10,7 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from gradient_method_checks import batch_of, check_bfloat16, check_properties, property_batch, run
+from helpers.gradient_method_checks import (
+    batch_of,
+    check_bfloat16,
+    check_properties,
+    property_batch,
+    run,
+)
 
 import camegrad_jax as cg
 from camegrad_jax._krum import krum, krum_coefficients

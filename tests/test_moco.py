@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from loss_testing import random_problem, rel_err, run_steps
+from helpers.loss_testing import random_problem, rel_err, run_steps
 
 from camegrad_jax._moco import moco
 

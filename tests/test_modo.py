@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from gradient_method_checks import check_bfloat16, property_batch, rel_err
-from gradient_method_checks import run as run_batch
-from loss_testing import random_problem, run_steps
+from helpers.gradient_method_checks import check_bfloat16, property_batch, rel_err
+from helpers.gradient_method_checks import run as run_batch
+from helpers.loss_testing import random_problem, run_steps
 
 import camegrad_jax as cg
 from camegrad_jax._modo import modo

@@ -15,7 +15,7 @@ import pytest
 # About 1–2 minutes on 2 shared cores: two processes compile and run the step and its reference.
 pytestmark = pytest.mark.slow
 
-SCRIPT = Path(__file__).with_name("multiprocess_check.py")
+SCRIPT = Path(__file__).parent / "helpers" / "multiprocess_check.py"
 
 
 def free_port() -> int:

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from gradient_method_checks import check_properties, property_batch, run
-from loss_testing import rel_err, run_steps
+from helpers.gradient_method_checks import check_properties, property_batch, run
+from helpers.loss_testing import rel_err, run_steps
 
 from camegrad_jax._pcd import constraint_multipliers, pcd
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from gradient_method_checks import (
+from helpers.gradient_method_checks import (
     batch_of,
     check_bfloat16,
     check_properties,

@@ -8,7 +8,7 @@ import inspect
 from pathlib import Path
 
 import pytest
-from method_registry import METHODS as SUITE_METHODS
+from helpers.method_registry import METHODS as SUITE_METHODS
 
 import camegrad_jax as cg
 from camegrad_jax.rrg.compare_plan import CAMEGRAD_FAMILY

@@ -13,7 +13,7 @@ import optax
 import pytest
 import scipy.linalg
 from flax import nnx
-from loss_testing import rel_err
+from helpers.loss_testing import rel_err
 
 import camegrad_jax as cg
 from camegrad_jax._rotograd import Rotation, RotoGrad, rotograd_scaling

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def results():
-    script = Path(__file__).with_name("sharding_check.py")
+    script = Path(__file__).parent / "helpers" / "sharding_check.py"
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     completed = subprocess.run(

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from loss_testing import random_problem, rel_err, run_steps
-from scalarization_testing import loss_derivatives, numeric_gradient
+from helpers.loss_testing import random_problem, rel_err, run_steps
+from helpers.scalarization_testing import loss_derivatives, numeric_gradient
 
 import camegrad_jax as cg
 

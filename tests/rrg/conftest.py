@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from rrg_tiny import compilation_cache_enabled
+from helpers.rrg_tiny import compilation_cache_enabled
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from rrg_tiny import TINY_DATA_FLAGS, TINY_FLAGS
+from helpers.rrg_tiny import TINY_DATA_FLAGS, TINY_FLAGS
 from test_model import TINY, make_batch
 
 from camegrad_jax.rrg.aux_tasks import (
@@ -121,7 +121,10 @@ def test_only_the_visual_encoder_feeds_both_losses(aux, weak):
     model = _model(aux, alignment_weak=weak)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     batch = make_batch()
-    jacobian = jax.jacrev(lambda p: loss_vector(graphdef, p, rest, batch, train=False))(params)
+    # Jitted: op by op, the Jacobian of the whole model takes minutes on two cores.
+    jacobian = jax.jit(jax.jacrev(lambda p: loss_vector(graphdef, p, rest, batch, train=False)))(
+        params
+    )
     reaches = [
         (jax.tree_util.keystr(path), np.abs(np.asarray(g)).reshape(2, -1).max(axis=1) > 0)
         for path, g in jax.tree_util.tree_leaves_with_path(jacobian)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rrg_tiny import TINY_DATA_FLAGS, TINY_FLAGS
+from helpers.rrg_tiny import TINY_DATA_FLAGS, TINY_FLAGS
 
 from camegrad_jax.rrg.cli import COMMANDS, main
 from camegrad_jax.rrg.data import load_dataset

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rrg_tiny import (
+from helpers.rrg_tiny import (
     COMPILATION_CACHE_DIR,
     TINY_DATA_FLAGS,
     TINY_FLAGS,

@@ -1,7 +1,7 @@
 """Tests of the trainer, its checkpoints, diagnostics and results (`camegrad_jax.rrg.train`).
 
 Two tiny runs (CAME-Grad and the linear baseline, 2 epochs each) are trained once per module
-and inspected by most tests; the train step is compiled once per optimizer (see `rrg_tiny`).
+and inspected by most tests; the train step is compiled once per optimizer (see `helpers/rrg_tiny.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from rrg_tiny import Interrupted, interrupt_save, tiny_config
+from helpers.rrg_tiny import Interrupted, interrupt_save, tiny_config
 
 import camegrad_jax as cg
 from camegrad_jax.rrg import checkpoint as ckpt

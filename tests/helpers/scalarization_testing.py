@@ -6,7 +6,8 @@ differences of an independent NumPy F."""
 from __future__ import annotations
 
 import numpy as np
-from loss_testing import run_steps
+
+from helpers.loss_testing import run_steps
 
 
 def numeric_gradient(fn, x, rel_step: float = 1e-6) -> np.ndarray:

@@ -11,7 +11,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import references
+
+from helpers import references
 
 SCALES = (1e-10, 1e-5, 1e5, 1e10)
 # Batches are padded to a multiple of this size, so that every call with the same number of
