@@ -12,7 +12,6 @@ import pytest
 from helpers import references
 
 import camegrad_jax as cg
-from camegrad_jax._cone import project_onto_dual_cone
 
 
 def normalised_problem(rng, num_tasks, c, dtype=jnp.float32):
@@ -115,20 +114,6 @@ def test_importing_and_solving_emit_no_jaxopt_deprecation_warning():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-
-
-def test_dual_cone_projection_matches_nnls():
-    scipy_optimize = pytest.importorskip("scipy.optimize")
-    rng = np.random.default_rng(6)
-    for k in (2, 3, 5):
-        h = references.conflicting_gradients(rng, k, 30)
-        c = rng.normal(size=k)
-        with jax.enable_x64(True):
-            coefficients = np.asarray(project_onto_dual_cone(jnp.asarray(h @ h.T), jnp.asarray(c)))
-        mu, _ = scipy_optimize.nnls(h.T, -(c @ h))
-        expected = (c + mu) @ h
-        assert np.all(h @ expected >= -1e-10)
-        np.testing.assert_allclose(coefficients @ h, expected, rtol=1e-7, atol=1e-9)
 
 
 def test_apg_terminates_under_vmap_on_a_near_tie():

@@ -1,9 +1,9 @@
-"""STGU against a NumPy transcription of the official training loop, its clustering against a
-NumPy transcription of scikit-learn's affinity propagation, and the step's invariants.
+"""STGU against a NumPy transcription of the official training loop, and the step's invariants
+(the clustering itself is tested in test_affinity_propagation.py).
 
-Every test compiles a step or a clustering of its own; those beyond the reference comparisons,
+Every test compiles a step or a clustering of its own; those beyond the reference comparison,
 the lone group and the bad inputs are slow-marked (`-m slow`): the permutation order and warm-up,
-`lax.scan`, bfloat16 and state sizing, and the other problem sizes."""
+`lax.scan`, bfloat16 and state sizing."""
 
 from __future__ import annotations
 
@@ -12,69 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers.affinity_propagation import numpy_affinity_propagation, partition
 
 import camegrad_jax as cg
-from camegrad_jax._affinity_propagation import affinity_propagation
 from camegrad_jax._stgu import affinity_groups
 
 # --- NumPy transcriptions -------------------------------------------------------------------
-
-
-def numpy_affinity_propagation(S, preference=None, convergence_iter=15, max_iter=200, damping=0.5,
-                               rng=None):  # fmt: skip
-    """sklearn 1.x `AffinityPropagation(affinity="precomputed").fit(S)`: (centers, labels,
-    converged)."""
-    S = np.array(S, dtype=np.float64)
-    n = S.shape[0]
-    rng = np.random.RandomState(0) if rng is None else rng
-    preference = np.median(S) if preference is None else preference
-    off = ~np.eye(n, dtype=bool)
-    if n == 1 or np.all(S[off] == S[off][0]):
-        if preference > S.flat[n - 1]:
-            return np.arange(n), np.arange(n), True
-        return np.array([0]), np.zeros(n, int), True
-    S.flat[:: n + 1] = preference
-    A, R = np.zeros((n, n)), np.zeros((n, n))
-    S += (np.finfo(S.dtype).eps * S + np.finfo(S.dtype).tiny * 100) * rng.standard_normal((n, n))
-    e = np.zeros((n, convergence_iter))
-    ind = np.arange(n)
-    never_converged = True
-    for it in range(max_iter):
-        tmp = A + S
-        I = np.argmax(tmp, axis=1)  # noqa: E741
-        Y = tmp[ind, I]
-        tmp[ind, I] = -np.inf
-        Y2 = np.max(tmp, axis=1)
-        tmp = S - Y[:, None]
-        tmp[ind, I] = S[ind, I] - Y2
-        R = damping * R + (1 - damping) * tmp
-        tmp = np.maximum(R, 0)
-        tmp.flat[:: n + 1] = R.flat[:: n + 1]
-        tmp = tmp - np.sum(tmp, axis=0)
-        dA = np.diag(tmp).copy()
-        tmp = tmp.clip(0, np.inf)
-        tmp.flat[:: n + 1] = dA
-        A = damping * A - (1 - damping) * tmp
-        E = (np.diag(A) + np.diag(R)) > 0
-        e[:, it % convergence_iter] = E
-        if it >= convergence_iter:
-            se = np.sum(e, axis=1)
-            if np.sum((se == convergence_iter) + (se == 0)) == n and E.sum() > 0:
-                never_converged = False
-                break
-    I = np.flatnonzero(E)  # noqa: E741
-    if I.size == 0:
-        return np.array([], int), -np.ones(n, int), not never_converged
-    c = np.argmax(S[:, I], axis=1)
-    c[I] = np.arange(I.size)
-    for k in range(I.size):
-        ii = np.flatnonzero(c == k)
-        I[k] = ii[np.argmax(np.sum(S[ii[:, None], ii], axis=0))]
-    c = np.argmax(S[:, I], axis=1)
-    c[I] = np.arange(I.size)
-    labels = I[c]
-    centers = np.unique(labels)
-    return centers, np.searchsorted(centers, labels), not never_converged
 
 
 class OfficialAffinity:
@@ -181,92 +124,6 @@ def tiny_problem(k, seed=0, n=12, d=5, h=4):
     y = np.tanh(x @ mix) + 0.1 * rng.normal(size=(n, k))
     params = {"w": 0.5 * rng.normal(size=(d, h)), "v": 0.5 * rng.normal(size=(h, k))}
     return x, y, params
-
-
-# --- the clustering ---------------------------------------------------------------------------
-
-
-def random_similarities(rng, n, count):
-    """Half symmetric STGU-like matrices (unit diagonal), half -squared distances of points."""
-    out = []
-    for i in range(count):
-        if i % 2:
-            a = rng.normal(size=(n, n))
-            s = (a + a.T) / 2
-            np.fill_diagonal(s, 1.0)
-        else:
-            points = rng.normal(size=(n, 2)) + 3 * rng.integers(0, 3, size=(n, 1))
-            s = -np.sum((points[:, None] - points[None]) ** 2, axis=-1)
-        out.append(s)
-    return np.stack(out)
-
-
-def partition(labels):
-    """The clusters as a set of frozensets: label numbering aside."""
-    labels = np.asarray(labels)
-    return {frozenset(np.flatnonzero(labels == g).tolist()) for g in set(labels.tolist())}
-
-
-class GivenNormal:
-    """A `random_state` whose normal draws are given: the JAX port's own noise."""
-
-    def __init__(self, draws):
-        self.draws = np.asarray(draws, np.float64)
-
-    def standard_normal(self, size):
-        assert self.draws.shape == tuple(size)
-        return self.draws
-
-
-@pytest.mark.parametrize(
-    ("n", "median"),
-    [
-        (4, True),
-        pytest.param(5, False, marks=pytest.mark.slow),
-        pytest.param(2, True, marks=pytest.mark.slow),
-        pytest.param(6, True, marks=pytest.mark.slow),
-        pytest.param(8, True, marks=pytest.mark.slow),
-        pytest.param(3, False, marks=pytest.mark.slow),
-    ],
-)
-def test_affinity_propagation_matches_sklearn_transcription(n, median):
-    # With odd n the median of the n² similarities is one of them, a tie that only the
-    # tie-breaking noise decides: those sizes take a preference between the smallest
-    # similarity and the median instead. The reference gets the port's noise draws, since
-    # where messages oscillate the 1e-16 noise decides where they settle.
-    rng = np.random.default_rng(n)
-    batch = random_similarities(rng, n, 12)
-    flat = batch.reshape(len(batch), -1)
-    preference = None if median else (flat.min(axis=1) + np.median(flat, axis=1)) / 2
-    keys = jax.random.split(jax.random.PRNGKey(0), len(batch))
-    run = jax.vmap(
-        lambda s, key, p: affinity_propagation(s, key, preference=p, convergence_iter=15),
-        in_axes=(0, 0, None if median else 0),
-    )
-    with jax.enable_x64(True):  # the reference's (and sklearn's) message precision
-        result64 = jax.jit(run)(jnp.asarray(batch, jnp.float64), keys, preference)
-        draws = np.asarray(jax.vmap(lambda key: jax.random.normal(key, (n, n), jnp.float64))(keys))
-    result32 = jax.jit(run)(jnp.asarray(batch, jnp.float32), keys, preference)
-    agree32 = 0
-    for i, s in enumerate(batch):
-        p = None if median else preference[i]
-        centers, labels, converged = numpy_affinity_propagation(s, p, rng=GivenNormal(draws[i]))
-        np.testing.assert_array_equal(result64.labels[i], labels)
-        assert int(result64.num_clusters[i]) == len(centers)
-        assert bool(result64.converged[i]) == converged
-        agree32 += partition(result32.labels[i]) == partition(labels)
-    # float32 messages: rounding may decide a near-degenerate problem differently.
-    assert agree32 >= len(batch) - 2
-
-
-def test_affinity_propagation_equal_similarities_shortcut():
-    # 2 × 2: the median (1 + s) / 2 exceeds s = 0.3 (each its own cluster), not s = 1.4 (one).
-    s = jnp.array([[[1.0, 0.3], [0.3, 1.0]], [[1.0, 1.4], [1.4, 1.0]]])
-    keys = jax.random.split(jax.random.PRNGKey(0), 2)
-    result = jax.jit(jax.vmap(affinity_propagation))(s, keys)
-    assert result.labels.tolist() == [[0, 1], [0, 0]]
-    assert result.num_clusters.tolist() == [2, 1]
-    assert affinity_propagation(jnp.ones((1, 1)), keys[0]).labels.tolist() == [0]
 
 
 def test_affinity_groups_keep_groups_when_not_finite():
