@@ -63,5 +63,5 @@ def test_bad_inputs_are_refused():
     tx = stacked_gradient_transformation(
         inverse_squared_norms(), name="inv", num_tasks=None, task_weights=None
     )
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="leaves disagree on the task axis size"):
         tx.update({"a": jnp.ones((2, 3)), "b": jnp.ones((3, 3))}, tx.init(None))
