@@ -1,6 +1,7 @@
 """The application's layout rules (docs/reference-setup.md, "How the application is laid out"):
 the core never imports it, its modules import each other at the top, and each does one job in
-at most about 600 lines."""
+at most about 600 lines; and the tests mirror the code (docs/contributing.md, "Layout"): every
+module has a test file of its own, but for the modules listed in `SHARED_TEST_FILES`."""
 
 from __future__ import annotations
 
@@ -18,6 +19,45 @@ MAX_LINES = 600
 # Third-party packages imported inside the one function that needs them: optional ones (the
 # CheXbert labeler's torch and transformers are not dependencies of the project).
 OPTIONAL_IMPORTS = {"torch", "transformers"}
+TESTS = Path(__file__).parents[1]
+# Application modules tested in another module's test file rather than in one of their own:
+# the synthetic generator's parts through the generator (v1 and v2), the `compare` experiment's
+# parts through its plan and one shared tiny run, the rest where their one caller's tests (or
+# the shared trained-run fixture of test_train.py) exercise them.
+SHARED_TEST_FILES = {
+    "_annotation.py": "test_data.py",
+    "_synthetic_findings.py": "test_synthetic.py",
+    "_synthetic_image.py": "test_synthetic.py",
+    "_synthetic_report.py": "test_synthetic.py",
+    "_synthetic_v2_findings.py": "test_synthetic_v2.py",
+    "_synthetic_v2_image.py": "test_synthetic_v2.py",
+    "_synthetic_v2_phrases.py": "test_synthetic_v2.py",
+    "_synthetic_v2_report.py": "test_synthetic_v2.py",
+    "_synthetic_v2_sentences.py": "test_synthetic_v2.py",
+    "compare_figures.py": "test_compare.py",
+    "compare_noise.py": "test_compare.py",
+    "compare_plan.py": "test_compare.py",
+    "compare_stats.py": "test_compare.py",
+    "compare_tables.py": "test_compare.py",
+    "stats.py": "test_compare.py",
+    "chexbert.py": "test_labeler.py",
+    "labeler_agreement.py": "test_labeler.py",
+    "labeler_rules.py": "test_labeler.py",
+    "labeler_text.py": "test_labeler_gold.py",
+    "observations.py": "test_labeler.py",
+    "decoding.py": "test_model.py",
+    "model_layers.py": "test_model.py",
+    "config.py": "test_train.py",
+    "checkpoint.py": "test_train.py",
+    "diagnostics.py": "test_train.py",
+    "evaluation.py": "test_train.py",
+    "experiment.py": "test_train.py",
+    "optim.py": "test_train.py",
+    "restore.py": "test_train.py",
+    "results.py": "test_train.py",
+    "rigidity.py": "test_aux_tasks.py",
+    "rundir.py": "test_run_guards.py",
+}
 
 
 def _imported_modules(node: ast.AST) -> list[str]:
@@ -48,3 +88,31 @@ def test_application_modules_import_at_the_top_and_stay_short(path):
         for name in _imported_modules(node)
     ]
     assert [name for name in local if name.split(".")[0] not in OPTIONAL_IMPORTS] == []
+
+
+def _own_test_file(path: Path) -> str:
+    return f"test_{path.stem.removeprefix('_')}.py"
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in CORE_MODULES if p.name != "__init__.py"], ids=lambda path: path.name
+)
+def test_every_core_module_has_its_own_test_file(path):
+    assert (TESTS / _own_test_file(path)).is_file()
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in APPLICATION_MODULES if p.name != "__init__.py"], ids=lambda path: path.name
+)
+def test_every_application_module_has_its_test_file(path):
+    own = TESTS / "rrg" / _own_test_file(path)
+    shared = SHARED_TEST_FILES.get(path.name)
+    if shared is None:
+        assert own.is_file(), f"add {own.relative_to(TESTS.parent)}"
+    else:
+        assert not own.is_file(), f"{path.name} has a test file of its own: drop its entry"
+        assert (TESTS / "rrg" / shared).is_file()
+
+
+def test_shared_test_files_name_existing_modules():
+    assert set(SHARED_TEST_FILES) <= {path.name for path in APPLICATION_MODULES}
