@@ -37,8 +37,6 @@ SHARED_TEST_FILES = {
     "compare_figures.py": "test_compare.py",
     "compare_noise.py": "test_compare.py",
     "compare_tables.py": "test_compare.py",
-    "chexbert.py": "test_labeler.py",
-    "labeler_agreement.py": "test_labeler.py",
     "labeler_rules.py": "test_labeler.py",
     "labeler_text.py": "test_labeler_gold.py",
     "observations.py": "test_labeler.py",
