@@ -38,7 +38,6 @@ SHARED_TEST_FILES = {
     "compare_noise.py": "test_compare.py",
     "compare_tables.py": "test_compare.py",
     "labeler_rules.py": "test_labeler.py",
-    "labeler_text.py": "test_labeler_gold.py",
     "observations.py": "test_labeler.py",
     "decoding.py": "test_model.py",
     "model_layers.py": "test_model.py",
