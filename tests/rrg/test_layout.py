@@ -50,7 +50,6 @@ SHARED_TEST_FILES = {
     "restore.py": "test_train.py",
     "results.py": "test_train.py",
     "rigidity.py": "test_aux_tasks.py",
-    "rundir.py": "test_run_guards.py",
 }
 
 
