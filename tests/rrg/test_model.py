@@ -26,7 +26,6 @@ from camegrad_jax.rrg.model import (
     report_loss,
     shared_parameter_mask,
 )
-from camegrad_jax.rrg.model_layers import decoder_attention_mask
 from camegrad_jax.rrg.observations import NUM_LABEL_CLASSES, NUM_OBSERVATIONS, POSITIVE
 from camegrad_jax.rrg.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -164,12 +163,6 @@ def test_classification_pools_every_view(model: RRGModel) -> None:
     for view in range(2):
         changed = images.at[:, view].multiply(-1.0)
         assert not np.allclose(classification_probs(model, changed), probs, atol=1e-7)
-
-
-def test_decoder_attention_mask() -> None:
-    tokens = jnp.asarray([[BOS_ID, 5, EOS_ID, PAD_ID], [BOS_ID, 6, 7, EOS_ID]])
-    expected = np.tril(np.ones((4, 4), bool))[None] & (np.asarray(tokens) != PAD_ID)[:, None, :]
-    np.testing.assert_array_equal(decoder_attention_mask(tokens)[:, 0], expected)
 
 
 def test_causal_mask(model: RRGModel) -> None:
