@@ -1,5 +1,5 @@
-"""Tests of the auxiliary-task variants (`camegrad_jax.rrg.aux_tasks`) and the rigidity table
-(`camegrad_jax.rrg.rigidity`).
+"""Tests of the auxiliary-task variants (`camegrad_jax.rrg.aux_tasks`); the rigidity table has
+test_rigidity.py.
 
 The losses are checked against NumPy references written from the InfoNCE / WCL definitions;
 the models by what each variant promises (which parameters each loss reaches, where the prompts
@@ -31,7 +31,6 @@ from camegrad_jax.rrg.config import TrainConfig
 from camegrad_jax.rrg.model import loss_vector, shared_parameter_mask
 from camegrad_jax.rrg.observations import NUM_OBSERVATIONS
 from camegrad_jax.rrg.results import RESULTS_FILE, STEP_LOG_FILE
-from camegrad_jax.rrg.rigidity import VARIANTS, markdown_table, rigidity_rows, write_rigidity
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
@@ -216,62 +215,3 @@ def test_variant_trains_and_resumes_exactly_through_the_cli(tmp_path, flags):
         assert "aux_auc_macro" not in results["test"]
     else:
         assert 0.0 <= results["test"]["aux_auc_macro"] <= 1.0
-
-
-def _stat(mean):
-    return {"mean": mean, "std": 0.01, "n": 3, "values": [mean] * 3}
-
-
-def _runs(name: str, tests: list[dict]) -> list[dict]:
-    return [{"name": name, "seed": seed, "test": test} for seed, test in enumerate(tests)]
-
-
-def _linear_summary(conflict: float) -> dict:
-    dynamics = {"conflict_share": _stat(conflict), "collapse_ratio_mean": _stat(0.5)}
-    dynamics["cosine_mean"] = _stat(0.1)
-    tests = [{"ce_example_f1": f1, "BLEU_4": 0.05, "aux_auc_macro": 0.6} for f1 in (0.1, 0.3)]
-    return {
-        "dynamics": {"linear": dynamics},
-        "table": {"linear": {"seeds": [0, 1]}},
-        "runs": _runs("linear", tests),
-    }
-
-
-def _sweep_summary(f1_by_alpha: dict[float, float]) -> dict:
-    rows, runs = [], []
-    for alpha, f1 in f1_by_alpha.items():
-        name = f"camegrad_alpha{alpha:g}"
-        rows.append({"value": alpha, "name": name})
-        # BLEU-4 the same at every α (a tie); recall@5 rising with α; seed 1 with no CE F1.
-        tests = [{"ce_example_f1": f1, "BLEU_4": 0.05, "aux_retrieval_r5": alpha}, {}]
-        runs += _runs(name, tests)
-    return {"sweep": {"alpha": rows}, "runs": runs}
-
-
-def test_rigidity_rows_table_and_figure(tmp_path):
-    linear = {"classification": _linear_summary(0.6), "alignment-weak": _linear_summary(0.2)}
-    sweeps = {
-        "classification": _sweep_summary({0.1: 0.30, 0.2: 0.25, 0.5: 0.2, 0.9: 0.1}),
-        "alignment-weak": _sweep_summary({0.1: 0.1, 0.2: 0.2, 0.9: 0.35}),  # 0.5 not run.
-        "alignment": _sweep_summary({0.1: 0.1}),  # No linear summary: left out.
-    }
-    rows = rigidity_rows(linear, sweeps)
-    assert [row.variant.name for row in rows] == ["classification", "alignment-weak"]
-    assert [row.best_alpha("ce_f1") for row in rows] == [0.1, 0.9]
-    assert [row.best_alpha("bleu4") for row in rows] == ["tie", "tie"]
-    # The classification variants are scored by AUC, which this sweep summary lacks.
-    assert rows[0].best_alpha("aux") is None and rows[1].best_alpha("aux") == 0.9
-    assert rows[0].conflict == 0.6 and rows[0].seeds == 2
-    assert rows[0].linear.ce_f1 == pytest.approx(0.2)
-    assert rows[0].linear.ce_f1_std == pytest.approx(np.std([0.1, 0.3], ddof=1))
-    assert rows[0].linear.aux == 0.6 and rows[1].linear.aux is None
-    assert rows[1].at(0.5) is None and rows[1].at(0.9).ce_f1 == 0.35
-    table = markdown_table(rows)
-    assert table.count("\n") == 1 + len(rows)
-    assert "0.60 ± 0.01" in table and "0.200 / 0.050 / 0.600" in table
-    assert "| – |" in table.splitlines()[-1]  # The α not run, in its own column.
-    write_rigidity(rows, tmp_path / "rigidity.md", tmp_path / "rigidity.png")
-    assert (tmp_path / "rigidity.png").stat().st_size > 0
-    text = (tmp_path / "rigidity.md").read_text()
-    assert "rigidity.png" in text and "Not measured in this table" in text
-    assert {v.name for v in VARIANTS} >= set(sweeps)

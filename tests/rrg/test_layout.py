@@ -47,7 +47,6 @@ SHARED_TEST_FILES = {
     "optim.py": "test_train.py",
     "restore.py": "test_train.py",
     "results.py": "test_train.py",
-    "rigidity.py": "test_aux_tasks.py",
 }
 
 
