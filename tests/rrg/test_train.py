@@ -1,7 +1,10 @@
 """Tests of the trainer, its checkpoints, diagnostics and results (`camegrad_jax.rrg.train`).
 
 Two tiny runs (CAME-Grad and the linear baseline, 2 epochs each) are trained once per module
-and inspected by most tests; the train step is compiled once per optimizer (see `helpers/rrg_tiny.py`).
+and inspected by most tests; the train step is compiled once per optimizer (see
+`helpers/rrg_tiny.py`). The optimizer registry, the configuration and the step-log summary,
+which need no run, have test files of their own (test_optim.py, test_rrg_config.py,
+test_rrg_diagnostics.py).
 """
 
 from __future__ import annotations
@@ -15,25 +18,18 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from helpers.rrg_tiny import Interrupted, interrupt_save, tiny_config
 
 import camegrad_jax as cg
 from camegrad_jax.rrg import checkpoint as ckpt
 from camegrad_jax.rrg.config import TrainConfig
-from camegrad_jax.rrg.diagnostics import StepLog, find_multitask_state, summarize_step_log
+from camegrad_jax.rrg.diagnostics import find_multitask_state
 from camegrad_jax.rrg.experiment import build_setup, make_train_step, update_samples
 from camegrad_jax.rrg.metrics import METEOR_SKIPPED_NOTE, METEOR_TIMEOUT_VARIABLE, evaluate_reports
 from camegrad_jax.rrg.optim import (
-    MULTITASK_METHODS,
-    MultitaskMethod,
     available_methods,
     build_multitask,
-    build_optimizer,
-    learning_rate_schedule,
-    multitask_options,
-    weight_decay_mask,
 )
 from camegrad_jax.rrg.restore import evaluate_run, restore_run
 from camegrad_jax.rrg.results import (
@@ -380,129 +376,11 @@ def test_update_samples_at_fixed_parameters(runs):
     assert shared.shape == (1, num_shared)
 
 
-def test_registry_rejects_unknown_names(monkeypatch):
-    with pytest.raises(ValueError, match=r"Unknown multi-task method 'nope'\. Known methods: "):
-        build_multitask("nope")
-    with pytest.raises(ValueError, match="Unknown multi-task method"):
-        multitask_options("nope", {}, {})
-    monkeypatch.setitem(MULTITASK_METHODS, "future", MultitaskMethod("not_exported_yet"))
-    with pytest.raises(ValueError, match="needs `camegrad_jax.not_exported_yet`"):
-        build_multitask("future")
-    assert "future" not in available_methods()
-    with pytest.raises(ValueError, match="`optimizer` should be one of"):
-        TrainConfig(optimizer="nope")
-
-
-# Methods that transform the losses before scalarizing them (their own tests check the heads).
-SCALARIZED_HEADS = {"db_mtl", "geometric_mean", "imtl_l", "scale_invariant", "stch"}
-
-
-def test_registry_entries_build_and_combine():
-    params = {"shared": jnp.ones((3,)), "head": jnp.ones((2,))}
-    mask = {"shared": True, "head": False}
-    grads = {
-        "shared": jnp.array([[1.0, 0.0, 0.0], [-0.5, 1.0, 0.0]]),
-        "head": jnp.array([[1.0, 0.0], [0.0, 1.0]]),
-    }
-    losses = jnp.array([1.0, 2.0])
-    assert {"linear", "camegrad", "camegrad_setting_b", "stgu"} <= set(available_methods())
-    transformations = [name for name in available_methods() if not MULTITASK_METHODS[name].step]
-    for name in transformations:
-        options = multitask_options(
-            name, {"c": 0.4, "gamma": 1.2, "alpha": 0.3}, {"seed": 0, "epoch_length": 4}
-        )
-        tx = build_multitask(name, task_weights=[1.0, 4.0], shared_mask=mask, **options)
-        update, state = tx.update(grads, tx.init(params), params, value=losses)
-        assert jax.tree.structure(update) == jax.tree.structure(params), name
-        if name in SCALARIZED_HEADS:
-            # Heads get the gradient of the transformed scalarization (e.g. Σ log λ_i L_i).
-            assert np.all(np.isfinite(update["head"])) and np.all(update["head"] > 0), name
-        else:
-            # Leaves outside the mask get 1 * g_1 + 4 * g_2 (at the first step, for the methods
-            # whose learned weights act on every leaf).
-            np.testing.assert_allclose(update["head"], [1.0, 4.0], err_msg=name)
-        assert find_multitask_state(state) is not None, name
-    assert multitask_options("camegrad", {"c": 1, "gamma": 2, "alpha": 0.5}, {"seed": 3}) == {
-        "c": 1,
-        "gamma": 2,
-        "alpha": 0.5,
-        "seed": 3,
-    }
-    assert multitask_options("linear", {"c": 1, "gamma": 2, "alpha": 0.5}, {"seed": 3}) == {}
-
-
-def test_optimizer_chain_clips_only_the_baseline():
-    params = {"w": jnp.zeros((2, 2)), "b": jnp.zeros((2,))}
-    assert weight_decay_mask(params) == {"w": True, "b": False}
-    schedule = learning_rate_schedule(1.0, 100, 0.1, 0.1)
-    assert float(schedule(0)) == 0.0
-    assert float(schedule(10)) == pytest.approx(1.0)
-    assert float(schedule(100)) == pytest.approx(0.1)
-    grads = {"w": jnp.full((2, 2, 2), 5.0), "b": jnp.full((2, 2), 5.0)}
-    linear = build_multitask("linear", task_weights=[1.0, 4.0])
-    for clip, expected in ((0.1, 0.1), (None, 25.0)):
-        tx = build_optimizer(
-            linear, params, optax.constant_schedule(1.0), weight_decay=0.0, clip=clip
-        )
-        state = tx.init(params)
-        # The AdamW state sees the (clipped) combined gradient as its first moment's input.
-        _, state = tx.update(grads, state, params, value=jnp.ones(2))
-        adam_state = state[-1][0]
-        np.testing.assert_allclose(adam_state.mu["b"], 0.1 * expected)
-
-
-def test_step_log_summary_counts_conflicts():
-    log = StepLog()
-    log.extend(
-        [
-            {"step": 1, "loss_lm": 2.0, "cosine_similarity": -0.5, "conflict": True},
-            {"step": 2, "loss_lm": 1.0, "cosine_similarity": 0.5, "conflict": False},
-        ]
-    )
-    summary = summarize_step_log(log)
-    assert summary["num_steps"] == 2
-    assert summary["conflict"]["mean"] == 0.5
-    assert summary["cosine_similarity"]["q50"] == 0.0
-    with pytest.raises(ValueError, match="differ"):
-        log.extend([{"step": 3}])
-    again = StepLog(log.arrays())
-    for name, values in log.arrays().items():
-        np.testing.assert_array_equal(again.arrays()[name], values)
-    assert (
-        again.layout()
-        == log.layout()
-        == {
-            "step": {"shape": [], "dtype": "int64"},
-            "loss_lm": {"shape": [], "dtype": "float64"},
-            "cosine_similarity": {"shape": [], "dtype": "float64"},
-            "conflict": {"shape": [], "dtype": "bool"},
-        }
-    )
-
-
 def test_meteor_can_be_skipped():
     scores = evaluate_reports(["no pleural effusion"], ["no pleural effusion"], meteor=False)
     assert scores["METEOR"] is None
     assert scores["METEOR_note"] == METEOR_SKIPPED_NOTE
     assert scores["BLEU_1"] == pytest.approx(1.0)
-
-
-def test_config_round_trip_and_validation():
-    config = TrainConfig(conv_features=[8, 16], method_options={"solver": "apg"})
-    assert config.conv_features == (8, 16)
-    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    with pytest.raises(ValueError, match="Unknown TrainConfig fields"):
-        TrainConfig.from_dict({"epochz": 3})
-    with pytest.raises(ValueError, match="`epochs` should be a positive int"):
-        TrainConfig(epochs=0)
-    with pytest.raises(ValueError, match="dataset_name"):
-        TrainConfig(dataset_name="chexpert")
-    with pytest.raises(ValueError, match="`selection_metric = 'bleu'`"):
-        TrainConfig(selection_metric="bleu")
-    # Configs saved before the field existed were selected by the paper's CE F1.
-    saved = {k: v for k, v in config.to_dict().items() if k != "selection_metric"}
-    assert TrainConfig.from_dict(saved).selection_metric == "ce_example_f1"
-    assert TrainConfig(cls_weight=2.0).task_weights == (1.0, 2.0)
 
 
 @pytest.mark.slow
