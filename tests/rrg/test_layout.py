@@ -21,13 +21,11 @@ MAX_LINES = 600
 OPTIONAL_IMPORTS = {"torch", "transformers"}
 TESTS = Path(__file__).parents[1]
 # Application modules tested in another module's test file rather than in one of their own:
-# the synthetic generator's private parts through the generator (v1 and v2), the annotation
-# reader through the data loader, the labeler's rules through the labeler, and the modules whose
-# tests read the one tiny `compare` run of test_compare.py, the tiny trained model of
-# test_model.py (decoding) or the two tiny training runs of test_train.py, expensive fixtures
-# that are not duplicated.
+# the synthetic generator's private parts through the generator (v1 and v2), the labeler's
+# rules through the labeler, and the modules whose tests read the one tiny `compare` run of
+# test_compare.py, the tiny trained model of test_model.py (decoding) or the two tiny training
+# runs of test_train.py, expensive fixtures that are not duplicated.
 SHARED_TEST_FILES = {
-    "_annotation.py": "test_data.py",
     "_synthetic_findings.py": "test_synthetic.py",
     "_synthetic_image.py": "test_synthetic.py",
     "_synthetic_report.py": "test_synthetic.py",
