@@ -41,7 +41,6 @@ SHARED_TEST_FILES = {
     "decoding.py": "test_model.py",
     "checkpoint.py": "test_train.py",
     "evaluation.py": "test_train.py",
-    "experiment.py": "test_train.py",
     "restore.py": "test_train.py",
     "results.py": "test_train.py",
 }
