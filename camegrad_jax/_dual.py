@@ -313,14 +313,19 @@ def polish_on_support(support, gram, radius, centre):
     z = jnp.where(support, t * a - e, 0.0)
     direction = _centre(gram, centre) + z
     gains = gram @ direction
-    # Round-off of a gain (G δ)_i is about eps · Σ_j |G_ij δ_j|: accept what lies within it.
-    gain_tolerance = 64 * eps * jnp.max(jnp.abs(gram) @ jnp.abs(direction))
+    # Each task's own round-off: G_ij carries about eps·‖h_i‖‖h_j‖, so the gain (G δ)_i carries
+    # eps·‖h_i‖·Σ_j ‖h_j‖|δ_j|, and z_j matters on the scale of ‖h_j‖. One tolerance for all
+    # tasks (the largest) would let a wrong support pass for a task whose gradient is orders of
+    # magnitude smaller than the others', which is exactly the one Stage 1 must protect.
+    norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+    reach = 64 * eps * (norms @ jnp.abs(direction))
+    gain_tolerance = norms * reach
     residual = jnp.where(support, gains - t, 0.0)
     valid = (
         (quad_a > 0)
         & (discriminant >= 0)
         & jnp.all(jnp.isfinite(z))
-        & jnp.all(z >= -64 * eps * jnp.max(jnp.abs(z)))
+        & jnp.all(z * norms >= -reach)
         & jnp.all(jnp.abs(residual) <= gain_tolerance)
         & jnp.all(jnp.where(support, True, gains >= t - gain_tolerance))
         & (jnp.sum(z) > 0)
