@@ -22,9 +22,23 @@ def aligned_mtl_coefficients(gram: jax.Array, scale_mode: ScaleMode = "min") -> 
     task gradients (see :func:`aligned_mtl`)."""
     num_tasks = gram.shape[0]
     normalised, _ = _gram.trace_normalise(gram)  # B does not depend on the scale of G.
-    eigenvalues, eigenvectors = jnp.linalg.eigh(normalised)  # ascending
-    kept = eigenvalues > jnp.max(eigenvalues) * num_tasks * _RANK_EPS
-    rank = jnp.sum(kept)
+    norms = jnp.sqrt(jnp.maximum(jnp.diagonal(normalised), 0.0))
+    inverse_norms = jnp.where(norms > 0, 1.0 / jnp.where(norms > 0, norms, 1.0), 0.0)
+    cosine = normalised * inverse_norms[:, None] * inverse_norms[None, :]
+    cosine_eigenvalues, cosine_eigenvectors = jnp.linalg.eigh(cosine)
+    # The rank is read on the cosine matrix, i.e. on the gradients' directions: on G itself a
+    # task whose gradient is 1e4 times smaller than another's falls below the cutoff.
+    rank = jnp.sum(cosine_eigenvalues > jnp.max(cosine_eigenvalues) * num_tasks * _RANK_EPS)
+    # G's own eigendecomposition loses its small eigenvalues to round-off of the large ones
+    # when the task norms are far apart. A square root R with RᵀR = G, R = Λ_C^{1/2} V_Cᵀ D, is
+    # graded only in its columns (D = diag ‖h_i‖), and its singular value decomposition (columns
+    # by decreasing norm) gives G's eigenvalues to relative accuracy.
+    root = jnp.sqrt(jnp.maximum(cosine_eigenvalues, 0.0))[:, None] * cosine_eigenvectors.T
+    order = jnp.argsort(-norms)
+    _, singular_values, right_t = jnp.linalg.svd((root * norms[None, :])[:, order])
+    eigenvalues = jnp.square(singular_values)[::-1]  # ascending
+    eigenvectors = jnp.zeros_like(right_t).at[order].set(right_t.T)[:, ::-1]
+    kept = jnp.arange(num_tasks) >= num_tasks - rank
     if scale_mode == "min":
         reference = jnp.min(jnp.where(kept, eigenvalues, jnp.inf))
     elif scale_mode == "median":
@@ -50,7 +64,8 @@ def aligned_mtl(
 
     With weighted task gradients :math:`h_i = \lambda_i g_i` stacked as the columns of H and
     their Gram matrix :math:`G = H^\top H = V \Lambda V^\top` restricted to its r non-zero
-    eigenvalues (those above :math:`K \varepsilon_{32} \lambda_{max}`, as the official code):
+    eigenvalues (r: the rank, eigenvalues above :math:`K \varepsilon_{32} \lambda_{max}`, as the
+    official code, but read on the cosine matrix; see the deviations below):
 
     .. math::
 
@@ -68,6 +83,14 @@ def aligned_mtl(
     As the official code (https://github.com/SamsungLabs/MTL) and LibMTL, g is the *sum* of the
     aligned gradients (torchjd's AlignedMTL averages them). The update is scale-equivariant and
     invariant to the order of the tasks; it is 0 when every gradient is.
+
+    Deviations from the official code: the rank r is read on the cosine matrix
+    :math:`D^{-1}GD^{-1}` (:math:`D = \mathrm{diag}\,\|h_i\|`) with the same cutoff, and the
+    eigenvalues of G come from the singular values of a square root of G graded only in its
+    columns, not from G's own eigendecomposition. Both agree with the official computation while
+    the task norms are within about 1e3 of each other; beyond, G's small eigenvalues drown in the
+    round-off of the large ones (float32 loses them at a spread of 1e4), and the official cutoff
+    would count a task far smaller than the others as a rank deficiency.
 
     This transformation must be **first** in a chain (see :func:`camegrad_jax.camegrad`).
 

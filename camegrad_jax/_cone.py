@@ -28,7 +28,7 @@ from camegrad_jax import _gram
 
 # Up to this many tasks, iterations that end without a verified support fall back to trying
 # every support (2^K of them, in one batch).
-_MAX_TASKS_ALL_SUPPORTS = 8
+MAX_TASKS_ALL_SUPPORTS = 8
 
 
 def _support_solve(mu, gram, linear):
@@ -120,7 +120,7 @@ def project_onto_dual_cone(
         zeros,
     )
     mu, _, _, _, _, valid, exact = lax.while_loop(keep_going, step, start)
-    if coefficients.shape[0] <= _MAX_TASKS_ALL_SUPPORTS:
+    if coefficients.shape[0] <= MAX_TASKS_ALL_SUPPORTS:
         # Where the iterations found no support that verifiably holds (gradient norms orders of
         # magnitude apart make them slow to identify it), every support is tried at once.
         from camegrad_jax._enumerate_dual import nonnegative_quadratic  # It builds on this one.
