@@ -6,7 +6,9 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax import lax
 
 from camegrad_jax import _gram, _tree, _validation
 from camegrad_jax._aggregation import gram_weighting_transformation
@@ -15,6 +17,41 @@ ScaleMode = Literal["min", "median", "rmse"]
 SCALE_MODES: tuple[str, ...] = ("min", "median", "rmse")
 # The official code's rank tolerance uses torch.finfo().eps, float32's, whatever the dtype.
 _RANK_EPS = float(jnp.finfo(jnp.float32).eps)
+# Sweeps of the Jacobi rotations: each sweep squares the off-diagonal mass once close.
+_JACOBI_SWEEPS = 10
+
+
+def _one_sided_jacobi(matrix: jax.Array, sweeps: int = _JACOBI_SWEEPS):
+    """Singular values and right singular vectors of a square matrix by one-sided (Hestenes)
+    Jacobi rotations: each rotation makes two columns orthogonal, and after a few sweeps over all
+    pairs the column norms are the singular values. A fixed number of sweeps, no loop on data."""
+    num_columns = matrix.shape[1]
+    pairs = np.array([(p, q) for p in range(num_columns) for q in range(p + 1, num_columns)])
+    if len(pairs) == 0:
+        return jnp.linalg.norm(matrix, axis=0), jnp.eye(num_columns, dtype=matrix.dtype)
+    firsts = jnp.asarray(np.tile(pairs[:, 0], sweeps))
+    seconds = jnp.asarray(np.tile(pairs[:, 1], sweeps))
+
+    def rotate(index, carry):
+        columns, vectors = carry
+        p, q = firsts[index], seconds[index]
+        x_p, x_q = columns[:, p], columns[:, q]
+        cross = x_p @ x_q
+        turn = cross != 0
+        zeta = (x_q @ x_q - x_p @ x_p) / (2 * jnp.where(turn, cross, 1.0))
+        tangent = jnp.where(zeta >= 0, 1.0, -1.0) / (jnp.abs(zeta) + jnp.hypot(1.0, zeta))
+        cos = jnp.where(turn, 1.0 / jnp.sqrt(1.0 + tangent**2), 1.0)
+        sin = jnp.where(turn, cos * tangent, 0.0)
+
+        def apply(m):
+            m_p, m_q = m[:, p], m[:, q]
+            return m.at[:, p].set(cos * m_p - sin * m_q).at[:, q].set(sin * m_p + cos * m_q)
+
+        return apply(columns), apply(vectors)
+
+    start = (matrix, jnp.eye(num_columns, dtype=matrix.dtype))
+    columns, vectors = lax.fori_loop(0, len(firsts), rotate, start)
+    return jnp.linalg.norm(columns, axis=0), vectors
 
 
 def aligned_mtl_coefficients(gram: jax.Array, scale_mode: ScaleMode = "min") -> jax.Array:
@@ -31,13 +68,13 @@ def aligned_mtl_coefficients(gram: jax.Array, scale_mode: ScaleMode = "min") -> 
     rank = jnp.sum(cosine_eigenvalues > jnp.max(cosine_eigenvalues) * num_tasks * _RANK_EPS)
     # G's own eigendecomposition loses its small eigenvalues to round-off of the large ones
     # when the task norms are far apart. A square root R with RᵀR = G, R = Λ_C^{1/2} V_Cᵀ D, is
-    # graded only in its columns (D = diag ‖h_i‖), and its singular value decomposition (columns
-    # by decreasing norm) gives G's eigenvalues to relative accuracy.
+    # graded only in its columns (D = diag ‖h_i‖), and one-sided Jacobi rotations find its
+    # singular values and right singular vectors to relative accuracy (Demmel & Veselić, 1992).
     root = jnp.sqrt(jnp.maximum(cosine_eigenvalues, 0.0))[:, None] * cosine_eigenvectors.T
-    order = jnp.argsort(-norms)
-    _, singular_values, right_t = jnp.linalg.svd((root * norms[None, :])[:, order])
-    eigenvalues = jnp.square(singular_values)[::-1]  # ascending
-    eigenvectors = jnp.zeros_like(right_t).at[order].set(right_t.T)[:, ::-1]
+    singular_values, right = _one_sided_jacobi(root * norms[None, :])
+    ascending = jnp.argsort(singular_values)
+    eigenvalues = jnp.square(singular_values)[ascending]
+    eigenvectors = right[:, ascending]
     kept = jnp.arange(num_tasks) >= num_tasks - rank
     if scale_mode == "min":
         reference = jnp.min(jnp.where(kept, eigenvalues, jnp.inf))
@@ -86,11 +123,12 @@ def aligned_mtl(
 
     Deviations from the official code: the rank r is read on the cosine matrix
     :math:`D^{-1}GD^{-1}` (:math:`D = \mathrm{diag}\,\|h_i\|`) with the same cutoff, and the
-    eigenvalues of G come from the singular values of a square root of G graded only in its
-    columns, not from G's own eigendecomposition. Both agree with the official computation while
-    the task norms are within about 1e3 of each other; beyond, G's small eigenvalues drown in the
-    round-off of the large ones (float32 loses them at a spread of 1e4), and the official cutoff
-    would count a task far smaller than the others as a rank deficiency.
+    eigenvalues and eigenvectors of G come from one-sided Jacobi rotations on a square root of
+    G graded only in its columns, not from G's own eigendecomposition. Both agree with the
+    official computation while the task norms are within about 1e3 of each other; beyond, G's
+    small eigenvalues drown in the round-off of the large ones (float32 loses them at a spread
+    of 1e4), and the official cutoff would count a task far smaller than the others as a rank
+    deficiency.
 
     This transformation must be **first** in a chain (see :func:`camegrad_jax.camegrad`).
 

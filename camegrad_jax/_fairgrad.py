@@ -80,10 +80,10 @@ def solve_fairgrad(
     does). It stops when both the Newton decrement and the relative residual fall below √ε,
     when no step helps, or after ``maxiter`` steps. Tasks with a zero gradient (no solution:
     :math:`(Gw)_i = 0`) are left out and get w_i = 0. Where 0 lies in the convex hull of the
-    gradients there is no solution either; w then grows and ‖h_i‖w_i stays capped at 1/ε, so
-    that everything remains finite. The Newton steps run on the equilibrated system (see the
-    comment in the code), whose unknowns ‖h_i‖w_i are kept above ε^α (and above the square root
-    of the smallest normal number), where the powers and the Hessian stay in range.
+    gradients there is no solution either; w then grows and stays capped at 1/ε, so that
+    everything remains finite. Weights are kept above ε^α (and above the square root of the
+    smallest normal number), where w^(−1/α) and the Hessian stay in range. The Newton steps run
+    on an equilibrated form of the system (see the comment in the code).
 
     Args:
       gram: (K, K) Gram matrix divided by its trace.
@@ -122,9 +122,9 @@ def solve_fairgrad(
     # Inactive tasks get the decoupled equation v_i = v_i^(−1/α) (v_i = 1), zeroed at the end.
     system = jnp.where(both, cosine, jnp.eye(num_tasks, dtype=dtype))
     gains = jnp.where(active, safe_norms ** (1.0 / alpha - 1.0), 1.0)
-    # v^(−1/α) stays below 1/ε, and the Hessian's v^(−1/α) / (α v) within float range.
-    lower = jnp.maximum(eps**alpha, jnp.sqrt(jnp.finfo(dtype).tiny))
-    upper = 1.0 / eps
+    # w = v/‖h‖ stays where w^(−1/α) is below 1/ε and the Hessian within float range.
+    lower = safe_norms * jnp.maximum(eps**alpha, jnp.sqrt(jnp.finfo(dtype).tiny))
+    upper = safe_norms / eps
     # Orthogonal gradients give w_i = G_ii^(−α/(α+1)) exactly, i.e. v_i = ‖h_i‖^((1−α)/(1+α)).
     guess = jnp.where(active, safe_norms ** ((1.0 - alpha) / (1.0 + alpha)), 1.0)
     guess = jnp.clip(guess, lower, upper)
