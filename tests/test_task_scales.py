@@ -205,27 +205,48 @@ def _dualproj_reference(h):
     return _project_onto_halfspaces(h.mean(axis=0), _dual_cone(h))
 
 
-def _equilibrated_root(h, right_hand_side):
-    """Solves Cv = r(v) (C the cosine matrix) with SciPy from v = 1; returns Σ v_i u_i."""
-    scipy_optimize = pytest.importorskip("scipy.optimize")
+def _equilibrated_root(h, right_hand_side, derivative, start):
+    """Solves Cv = r(v), v > 0 (C the cosine matrix), by Newton steps halved until the residual
+    falls and v stays positive; returns Σ v_i u_i."""
     units = _dual_cone(h)
     cosine = units @ units.T
-    solution = scipy_optimize.root(lambda v: cosine @ v - right_hand_side(v), np.ones(len(h)))
-    v = solution.x
-    assert np.linalg.norm(cosine @ v - right_hand_side(v)) <= 1e-12 * np.linalg.norm(v)
+
+    def residual(v):
+        return cosine @ v - right_hand_side(v)
+
+    v = start
+    for _ in range(200):
+        current = np.linalg.norm(residual(v))
+        if current <= 1e-14 * np.linalg.norm(v):
+            break
+        step = np.linalg.solve(cosine - np.diag(derivative(v)), residual(v))
+        size = 1.0
+        while size > 1e-12 and (
+            np.any(v - size * step <= 0)
+            or np.linalg.norm(residual(v - size * step)) > (1 - 1e-4 * size) * current
+        ):
+            size /= 2
+        v = v - size * step
+    assert np.linalg.norm(residual(v)) <= 1e-13 * np.linalg.norm(v)
     return v @ units
 
 
 def _nash_reference(h):
     """Gα = 1/α is Cβ = 1/β with β_i = ‖h_i‖α_i; the update Σ α_i h_i = Σ β_i u_i."""
-    return _equilibrated_root(h, lambda v: 1.0 / v)
+    return _equilibrated_root(h, lambda v: 1.0 / v, lambda v: -1.0 / v**2, np.ones(len(h)))
 
 
 def _fairgrad_reference(h, alpha=0.5):
     """Gw = w^(−1/α) is Cv = c ⊙ v^(−1/α) with v_i = ‖h_i‖w_i, c_i = ‖h_i‖^(1/α − 1); the
     update K Σ w_i h_i = K Σ v_i u_i."""
     norms = np.linalg.norm(h, axis=1)
-    return len(h) * _equilibrated_root(h, lambda v: norms ** (1 / alpha - 1) * v ** (-1 / alpha))
+    gains = norms ** (1 / alpha - 1)
+    return len(h) * _equilibrated_root(
+        h,
+        lambda v: gains * v ** (-1 / alpha),
+        lambda v: -gains / alpha * v ** (-1 / alpha - 1),
+        gains ** (alpha / (alpha + 1)),  # the solution for orthogonal gradients
+    )
 
 
 def _jacobi_singular(x, sweeps=30):
