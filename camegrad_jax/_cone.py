@@ -13,7 +13,9 @@ Stage 1 where the conflict-averse dual degenerates (0 in the convex hull of the 
 UPGrad-style methods that project every gradient onto this cone.
 
 Solved by FISTA on the non-negative orthant with step 1/λ_max(G) and finished, as the Stage 1
-dual is, by an exact solve on the support that is kept only when it verifiably holds.
+dual is, by an exact solve on the support that is kept only when it verifiably holds, each
+optimality condition checked against its own task's round-off (and, for K ≤ 8, by the exact
+solve on every support where the iterations found none that holds).
 """
 
 from __future__ import annotations

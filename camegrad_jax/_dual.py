@@ -337,7 +337,6 @@ def polish_on_support(support, gram, radius, centre, tasks=None):
     return valid, polished_weights, direction
 
 
-
 def every_support(num_tasks: int, with_empty: bool = False) -> jax.Array:
     """(2^K − 1, K) bool: every non-empty subset of the K tasks (and the empty one if asked)."""
     codes = np.arange(0 if with_empty else 1, 2**num_tasks)

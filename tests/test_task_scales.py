@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
@@ -27,23 +28,29 @@ from test_sdmgrad import official_run as sdmgrad_run
 
 import camegrad_jax as cg
 
-# Every method that forms the Gram matrix, with the degree p of its update in the gradients'
-# common scale s: update(s·g) = s^p · update(g) (Nash-MTL normalises its update's length,
-# FairGrad's depends on α).
-GRAM_METHODS = {
-    "camegrad": (lambda: cg.camegrad(0.5, 1.5, 0.2), 1),
-    "camegrad_apg": (lambda: cg.camegrad(0.4, 1.2, 0.3, solver="apg"), 1),
-    "cagrad": (lambda: cg.cagrad(0.4), 1),
-    "pcgrad": (lambda: cg.pcgrad(), 1),
-    "mgda": (lambda: cg.mgda(), 1),
-    "mgda_l2": (lambda: cg.mgda(normalization="l2"), 1),
-    "imtl_g": (lambda: cg.imtl_g(), 1),
-    "nash_mtl": (lambda: cg.nash_mtl(max_norm=0.0), 0),
-    "fairgrad": (lambda: cg.fairgrad(0.5), 1 / 3),  # s^((1 − α)/(1 + α))
-    "sdmgrad": (lambda: cg.sdmgrad(), 1),
-    "aligned_mtl": (lambda: cg.aligned_mtl(), 1),
-    "upgrad": (lambda: cg.upgrad(), 1),
-    "mmpareto": (lambda: cg.mmpareto(), 1),
+# The degree p of each update in the gradients' common scale s: update(s·g) = s^p · update(g)
+# (Nash-MTL normalises its update's length, FairGrad's depends on α). MoDo has no such law (its
+# step size is in the units of G), nor PCD (its ε = 1e-8 is added to squared gradient norms).
+SCALE_DEGREES = {
+    "linear": 1,
+    "camegrad": 1,
+    "camegrad_apg": 1,
+    "cagrad": 1,
+    "pcgrad": 1,
+    "mgda": 1,
+    "mgda_l2": 1,
+    "cr_mogm": 1,
+    "imtl_g": 1,
+    "nash_mtl": 0,
+    "fairgrad": 1 / 3,  # s^((1 − α)/(1 + α))
+    "sdmgrad": 1,
+    "aligned_mtl": 1,
+    "upgrad": 1,
+    "dualproj": 1,
+    "mmpareto": 1,
+    "config": 1,
+    "gradvac": 1,
+    "krum": 1,
 }
 
 
@@ -59,31 +66,46 @@ def _conflicting(rng, num_tasks, dim=24):
     return grads / np.linalg.norm(grads, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("name", GRAM_METHODS)
+@functools.cache
+def _compiled(name, dtype_name):
+    """One compiled, vmapped update of a batch of problems (each from a fresh state), shared by
+    the tests of a method (same batch size, K and dtype: one compilation)."""
+    tx = SPREAD_METHODS[name][0]()
+    return jax.jit(jax.vmap(lambda g: tx.update(g, tx.init(None))))
+
+
+def _batched_updates(name, grads):
+    updates, states = _compiled(name, grads.dtype.name)(grads)
+    return np.asarray(updates, np.float64), states
+
+
+# Both ends, and ±60 where the plain float32 Gram already underflows or overflows.
+_EXPONENTS = (-100, -80, -60, -30, 30, 60, 100)
+
+
+@pytest.mark.parametrize("name", SCALE_DEGREES)
 def test_a_common_scale_from_1e_minus_30_to_1e30_changes_only_the_scale(name):
-    factory, degree = GRAM_METHODS[name]
-    rng = np.random.default_rng(7)
-    for num_tasks in (2, 5):
-        grads = _conflicting(rng, num_tasks).astype(np.float32)
-        reference, _ = _update(factory, jnp.asarray(grads))
-        assert np.linalg.norm(reference) > 0
-        # Both ends, and ±60 where the plain float32 Gram already underflows or overflows.
-        for exponent in (-100, -60, 60, 100):
-            scale = 2.0**exponent
-            updates, state = _update(factory, jnp.asarray(grads * np.float32(scale)))
-            expected = reference * scale**degree
-            assert np.all(np.isfinite(updates)), (num_tasks, exponent)
-            error = np.linalg.norm(updates - expected) / np.linalg.norm(expected)
-            assert error < 1e-4, (num_tasks, exponent, error)
-            # The diagnostics carry the true scale too (angles and ratios do not change).
-            norms = np.asarray(state.stats.task_norms, np.float64)
-            true_norms = np.linalg.norm(grads.astype(np.float64), axis=1) * scale
-            np.testing.assert_allclose(norms, true_norms, rtol=1e-5)
+    num_tasks = _DEFAULT_TASKS[name]
+    grads = _conflicting(np.random.default_rng(7), num_tasks).astype(np.float32)
+    scales = np.array([1.0] + [2.0**e for e in _EXPONENTS])
+    batch = grads[None] * scales[:, None, None].astype(np.float32)  # exact: powers of two
+    updates, states = _batched_updates(name, jnp.asarray(batch))
+    reference = updates[0]
+    assert np.linalg.norm(reference) > 0
+    for index, scale in enumerate(scales[1:], start=1):
+        expected = reference * scale ** SCALE_DEGREES[name]
+        assert np.all(np.isfinite(updates[index])), scale
+        error = np.linalg.norm(updates[index] - expected) / np.linalg.norm(expected)
+        assert error < 1e-4, (scale, error)
+        # The diagnostics carry the true scale too (angles and ratios do not change).
+        norms = np.asarray(states.stats.task_norms[index], np.float64)
+        true_norms = np.linalg.norm(grads.astype(np.float64), axis=1) * scale
+        np.testing.assert_allclose(norms, true_norms, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["camegrad", "pcgrad", "upgrad"])
 def test_non_finite_gradients_still_poison_the_update_at_any_scale(name):
-    factory, _ = GRAM_METHODS[name]
+    factory = SPREAD_METHODS[name][0]
     grads = np.array([[1.0, 2.0, 3.0], [-2.0, 1.0, 0.5]], np.float32) * np.float32(1e-30)
     for bad in (np.nan, np.inf):
         poisoned = grads.copy()
@@ -305,22 +327,22 @@ def _task_order(state):
 # (PCGrad and GradVac draw the order in which the tasks meet).
 SPREAD_METHODS = {
     "linear": (cg.linear_scalarization, lambda h, state: h.sum(axis=0)),
-    "camegrad": (GRAM_METHODS["camegrad"][0], lambda h, state: _camegrad_reference(h)),
+    "camegrad": (lambda: cg.camegrad(0.5, 1.5, 0.2), lambda h, state: _camegrad_reference(h)),
     "camegrad_apg": (
-        GRAM_METHODS["camegrad_apg"][0],
+        lambda: cg.camegrad(0.4, 1.2, 0.3, solver="apg"),
         lambda h, state: _camegrad_reference(h, 0.4, 1.2, 0.3),
     ),
-    "cagrad": (GRAM_METHODS["cagrad"][0], lambda h, state: _cagrad_reference(h)),
+    "cagrad": (lambda: cg.cagrad(0.4), lambda h, state: _cagrad_reference(h)),
     "pcgrad": (cg.pcgrad, lambda h, state: numpy_pcgrad(h, _task_order(state))),
     "mgda": (cg.mgda, lambda h, state: _min_norm_graded(h) @ h),
     "mgda_l2": (
-        GRAM_METHODS["mgda_l2"][0],
+        lambda: cg.mgda(normalization="l2"),
         lambda h, state: _min_norm_graded(_dual_cone(h)) @ h,
     ),
     "cr_mogm": (cg.cr_mogm, lambda h, state: _min_norm_graded(h) @ h),  # first step: MGDA's
     "imtl_g": (cg.imtl_g, lambda h, state: numpy_imtl_g(h)),
-    "nash_mtl": (GRAM_METHODS["nash_mtl"][0], lambda h, state: _nash_reference(h)),
-    "fairgrad": (GRAM_METHODS["fairgrad"][0], lambda h, state: _fairgrad_reference(h)),
+    "nash_mtl": (lambda: cg.nash_mtl(max_norm=0.0), lambda h, state: _nash_reference(h)),
+    "fairgrad": (lambda: cg.fairgrad(0.5), lambda h, state: _fairgrad_reference(h)),
     "sdmgrad": (
         cg.sdmgrad,
         lambda h, state: sdmgrad_run(h[None], 0.3, 20, learning_rate=None)[0][0],
@@ -342,23 +364,22 @@ SPREAD_METHODS = {
 }
 
 
+# The default run: 8 problems per method at one K, in one compiled batch that the common-scale
+# test shares. K cycles over 2..8 (Krum needs 3) so that the suite meets every size; the slow
+# run covers K = 2..8 for every method.
+_DEFAULT_TASKS = {name: 2 + index % 7 for index, name in enumerate(SPREAD_METHODS)}
+_DEFAULT_TASKS["krum"] = max(_DEFAULT_TASKS["krum"], 3)
+
+
 def test_every_gram_based_method_of_the_registry_is_covered():
     # Variants of a row (CAME-Grad's ablations) run its Stage 1 and are covered by it.
     rows = cg.registered_methods(kinds=("gram",))
     assert {row.name for row in rows if row.variant_of is None} <= set(SPREAD_METHODS)
 
 
-def _batched_updates(factory, grads):
-    """One compiled, vmapped update of a batch of problems (each from a fresh state)."""
-    tx = factory()
-    run = jax.jit(jax.vmap(lambda g: tx.update(g, tx.init(None))))
-    updates, states = run(grads)
-    return np.asarray(updates, np.float64), states
-
-
 def _errors(name, problems, dtype):
-    factory, reference = SPREAD_METHODS[name]
-    updates, states = _batched_updates(factory, jnp.asarray(problems, dtype))
+    reference = SPREAD_METHODS[name][1]
+    updates, states = _batched_updates(name, jnp.asarray(problems, dtype))
     errors = []
     for index, (h, update) in enumerate(zip(problems, updates, strict=True)):
         state = jax.tree.map(lambda x, index=index: x[index], states)
@@ -376,11 +397,6 @@ def _spread_batch(seed, count, num_tasks, spread_decades, dim=24):
         scales = 10.0 ** (decades - spread_decades / 2)
         problems.append(_conflicting(rng, num_tasks, dim) * scales[:, None])
     return np.stack(problems)
-
-
-# The default run: 8 problems per method at one K, in one compiled batch. K cycles over 3..8
-# (Krum needs 3) so that the suite meets every size; the slow run covers K = 2..8 per method.
-_DEFAULT_TASKS = {name: 3 + index % 6 for index, name in enumerate(SPREAD_METHODS)}
 
 
 @pytest.mark.parametrize("name", SPREAD_METHODS)
