@@ -90,7 +90,7 @@ def head_auroc(run_dir: Path, splits) -> dict:
     """The trained head's macro AUROC over the findings on test (best checkpoint)."""
     from camegrad_jax.rrg.checkpoint import BEST
     from camegrad_jax.rrg.evaluation import generate_reports
-    from camegrad_jax.rrg.train import restore_run
+    from camegrad_jax.rrg.restore import restore_run
 
     run = restore_run(run_dir, BEST)
     _, probs = generate_reports(run.model(), run.setup.dataset, "test", max_len=2)

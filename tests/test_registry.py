@@ -11,8 +11,7 @@ import pytest
 from method_registry import METHODS as SUITE_METHODS
 
 import camegrad_jax as cg
-from camegrad_jax import _registry
-from camegrad_jax.rrg.compare import CAMEGRAD_FAMILY
+from camegrad_jax.rrg.compare_plan import CAMEGRAD_FAMILY
 from camegrad_jax.rrg.optim import MULTITASK_METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,17 +26,22 @@ def _benchmark_family():
     return module.FAMILY
 
 
+def _generate():
+    spec = importlib.util.spec_from_file_location("generate", ROOT / "docs" / "generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    return generate
+
+
 def test_readme_method_table_is_generated_from_the_registry():
     readme = (ROOT / "README.md").read_text()
-    assert _registry.readme_with_table(readme) == readme, "run `python docs/generate.py`"
+    assert _generate().readme_with_table(readme) == readme, "run `python docs/generate.py`"
     for info in cg.registered_methods(variants=False):
         assert f"`{info.factory.__name__}`" in readme
 
 
 def test_method_guide_is_generated_from_the_registry():
-    spec = importlib.util.spec_from_file_location("generate", ROOT / "docs" / "generate.py")
-    generate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generate)
+    generate = _generate()
     guide = generate.METHOD_GUIDE.read_text()
     assert generate.method_guide() == guide, "run `python docs/generate.py`"
     for info in cg.registered_methods():

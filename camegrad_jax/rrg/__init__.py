@@ -17,7 +17,7 @@ from camegrad_jax.rrg.aux_tasks import (
 )
 from camegrad_jax.rrg.checkpoint import restore_checkpoint, save_checkpoint
 from camegrad_jax.rrg.chexbert import CheXbertLabeler
-from camegrad_jax.rrg.config import TASK_NAMES, TrainConfig
+from camegrad_jax.rrg.config import SELECTION_METRICS, TASK_NAMES, TrainConfig
 from camegrad_jax.rrg.data import (
     DATASET_VIEWS,
     DEFAULT_MAX_LEN,
@@ -32,8 +32,9 @@ from camegrad_jax.rrg.data import (
     positive_rate,
     read_annotation,
 )
+from camegrad_jax.rrg.decoding import beam_search_decode, classification_probs, greedy_decode
 from camegrad_jax.rrg.diagnostics import StepLog, step_diagnostics, summarize_step_log
-from camegrad_jax.rrg.evaluation import SELECTION_METRIC, evaluate_split, generate_reports
+from camegrad_jax.rrg.evaluation import evaluate_split, generate_reports
 from camegrad_jax.rrg.experiment import Setup, build_setup, make_train_step, update_samples
 from camegrad_jax.rrg.labeler import label_reports
 from camegrad_jax.rrg.labeler_agreement import LabelerAgreement, check_labels, labeler_agreement
@@ -48,9 +49,6 @@ from camegrad_jax.rrg.metrics import (
 from camegrad_jax.rrg.model import (
     ModelConfig,
     RRGModel,
-    beam_search_decode,
-    classification_probs,
-    greedy_decode,
     loss_vector,
     losses,
     losses_with_aux,
@@ -74,6 +72,8 @@ from camegrad_jax.rrg.optim import (
     build_step_method,
     step_optimizer,
 )
+from camegrad_jax.rrg.restore import evaluate_run, restore_run
+from camegrad_jax.rrg.results import RESULTS_FILE, STEP_LOG_FILE, RunResults
 from camegrad_jax.rrg.synthetic import (
     SyntheticConfig,
     generate_synthetic,
@@ -88,7 +88,7 @@ from camegrad_jax.rrg.tokenizer import (
     Tokenizer,
     clean_report,
 )
-from camegrad_jax.rrg.train import RESULTS_FILE, STEP_LOG_FILE, evaluate_run, restore_run, train
+from camegrad_jax.rrg.train import train
 
 __all__ = [
     "AUX_TASKS",
@@ -110,7 +110,7 @@ __all__ = [
     "PAD_ID",
     "POSITIVE",
     "RESULTS_FILE",
-    "SELECTION_METRIC",
+    "SELECTION_METRICS",
     "SPLITS",
     "STEP_LOG_FILE",
     "TASK_NAMES",
@@ -125,6 +125,7 @@ __all__ = [
     "RawSplit",
     "RRGDataset",
     "RRGModel",
+    "RunResults",
     "Setup",
     "StepLog",
     "SyntheticConfig",

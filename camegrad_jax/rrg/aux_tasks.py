@@ -47,14 +47,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from camegrad_jax.rrg.model import (
+from camegrad_jax.rrg.model import ModelConfig, RRGModel, report_loss
+from camegrad_jax.rrg.model_layers import (
+    DropoutKeys,
     FeedForward,
-    ModelConfig,
     MultiHeadAttention,
-    RRGModel,
-    _DropoutKeys,
-    _sinusoidal_positions,
-    report_loss,
+    sinusoidal_positions,
 )
 from camegrad_jax.rrg.observations import NUM_LABEL_CLASSES, NUM_OBSERVATIONS
 from camegrad_jax.rrg.tokenizer import PAD_ID
@@ -156,7 +154,7 @@ class _TextEncoderLayer(nnx.Module):
         self.ff = FeedForward(d, config.d_ff, 0.0, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        no_dropout = _DropoutKeys(None, 2)
+        no_dropout = DropoutKeys(None, 2)
         h = self.attention_norm(x)
         x = x + self.attention(h, *self.attention.project_kv(h), mask, no_dropout)
         return x + self.ff(self.ff_norm(x), no_dropout)
@@ -193,7 +191,7 @@ class AlignedRRGModel(RRGModel):
         d = self.config.d_model
         present = tokens != PAD_ID
         x = self.text_embedding(tokens) * jnp.sqrt(jnp.float32(d))
-        x = x + _sinusoidal_positions(tokens.shape[1], d)[None]
+        x = x + sinusoidal_positions(tokens.shape[1], d)[None]
         x = self.text_norm(self.text_layer(x, present[:, None, None, :]))
         weights = present[..., None].astype(x.dtype)
         pooled = (x * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1.0)

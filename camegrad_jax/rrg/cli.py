@@ -25,6 +25,27 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+
+from camegrad_jax.rrg.aux_tasks import AUX_TASKS
+from camegrad_jax.rrg.compare import run_comparison
+from camegrad_jax.rrg.compare_plan import (
+    DEFAULT_SWEEP,
+    QUICK_FIELDS,
+    QUICK_METHODS,
+    QUICK_NOISE_BATCHES,
+    QUICK_SEEDS,
+    CompareConfig,
+)
+from camegrad_jax.rrg.compare_tables import format_summary
+from camegrad_jax.rrg.config import TrainConfig
+from camegrad_jax.rrg.optim import available_methods
+from camegrad_jax.rrg.restore import evaluate_run, saved_config
+from camegrad_jax.rrg.results import RunResults
+from camegrad_jax.rrg.rundir import check_writable
+from camegrad_jax.rrg.synthetic import SyntheticConfig, write_r2gen_layout
+from camegrad_jax.rrg.train import TrainingDiverged, train
+
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 # Training flags: (flag, TrainConfig field, argparse keywords, help). Defaults come from
@@ -65,9 +86,6 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 
 def _train_flags() -> list[_Flag]:
-    from camegrad_jax.rrg.aux_tasks import AUX_TASKS
-    from camegrad_jax.rrg.optim import available_methods
-
     flag = argparse.BooleanOptionalAction
     return [
         # Data.
@@ -132,6 +150,12 @@ def _train_flags() -> list[_Flag]:
         ("--beam-size", "beam_size", {"type": int}, "1: greedy decoding; more: beam search"),
         ("--eval-batch-size", "eval_batch_size", {"type": int}, "decoding batch size"),
         ("--eval-every", "eval_every", {"type": int}, "validate every N epochs"),
+        (
+            "--select-by",
+            "selection_metric",
+            {"type": str},
+            "val metric of the best checkpoint (default ce_example_f1)",
+        ),
         ("--meteor-val", "meteor_val", {"action": flag}, "METEOR on val (Java, ~15 s a call)"),
         ("--meteor-test", "meteor_test", {"action": flag}, "METEOR on the final test"),
         ("--log-every", "log_every", {"type": int}, "steps between diagnostics fetches"),
@@ -139,8 +163,6 @@ def _train_flags() -> list[_Flag]:
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from camegrad_jax.rrg.config import TrainConfig
-
     defaults = TrainConfig()
     parser.add_argument("--save-dir", default=defaults.save_dir, help="run directory (%(default)s)")
     parser.add_argument(
@@ -200,24 +222,24 @@ def _given_config_fields(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
-def _print_summary(results: dict[str, Any], save_dir: str) -> None:
-    selection = results["selection"]
+def _print_summary(results: RunResults, save_dir: str) -> None:
+    selection = results.selection
     print(f"results: {Path(save_dir) / 'results.json'}")
-    if results["test"] is None:
-        print(f"stopped after epoch {results['epochs'][-1]['epoch']}; continue with --resume")
+    if results.test is None:
+        print(f"stopped after epoch {results.epochs[-1].epoch}; continue with --resume")
         return
-    print(f"best epoch {selection['epoch']} (val {selection['metric']} {selection['value']:.4f})")
+    print(f"best epoch {selection.epoch} (val {selection.metric} {selection.value:.4f})")
     print("test metrics of the best checkpoint:")
-    print(_format_metrics(results["test"]))
-    diagnostics = results["diagnostics"]
+    print(_format_metrics(results.test))
+    diagnostics = results.diagnostics
     if "cosine_similarity" in diagnostics:
         print(
             f"gradient cosine mean {diagnostics['cosine_similarity']['mean']:.3f}, "
             f"steps in conflict {diagnostics['conflict']['mean']:.1%}, "
             f"collapse ratio mean {diagnostics['magnitude_collapse_ratio']['mean']:.3f}"
         )
-    timing = results["timing"]
-    print(f"wall time {timing['wall_seconds']:.0f} s, peak memory {timing['peak_rss_mb']:.0f} MB")
+    timing = results.timing
+    print(f"wall time {timing.wall_seconds:.0f} s, peak memory {timing.peak_rss_mb:.0f} MB")
 
 
 def _format_metrics(metrics: dict[str, Any]) -> str:
@@ -229,11 +251,6 @@ def _format_metrics(metrics: dict[str, Any]) -> str:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    import jax
-
-    from camegrad_jax.rrg.config import TrainConfig
-    from camegrad_jax.rrg.train import saved_config, train
-
     if args.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
     given = _given_config_fields(args)
@@ -274,9 +291,6 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from camegrad_jax.rrg.rundir import check_writable
-    from camegrad_jax.rrg.train import evaluate_run
-
     if args.output:
         check_writable(Path(args.output).absolute().parent, "folder of --output")
 
@@ -297,8 +311,6 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_make_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
-    from camegrad_jax.rrg.config import TrainConfig
-
     defaults = TrainConfig().synthetic_config()  # the data of a default `train` run
     parser.add_argument("out_dir", help="folder for annotation.json and images/")
     parser.add_argument(
@@ -349,9 +361,6 @@ def _refuse_to_overwrite(out_dir: Path) -> None:
 
 
 def _run_make_synthetic(args: argparse.Namespace) -> int:
-    from camegrad_jax.rrg.rundir import check_writable
-    from camegrad_jax.rrg.synthetic import SyntheticConfig, write_r2gen_layout
-
     if not args.force:
         _refuse_to_overwrite(Path(args.out_dir))
 
@@ -393,8 +402,6 @@ def _csv(kind: type) -> Callable[[str], tuple]:
 
 
 def _method_list(text: str) -> tuple[str, ...] | None:
-    from camegrad_jax.rrg.optim import available_methods
-
     if text == "all":
         return None
     if text == "none":
@@ -409,15 +416,6 @@ def _method_list(text: str) -> tuple[str, ...] | None:
 
 
 def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
-    from camegrad_jax.rrg.compare import (
-        DEFAULT_SWEEP,
-        QUICK_FIELDS,
-        QUICK_METHODS,
-        QUICK_NOISE_BATCHES,
-        QUICK_SEEDS,
-    )
-    from camegrad_jax.rrg.config import TrainConfig
-
     quick = ", ".join(f"{k}={v}" for k, v in QUICK_FIELDS.items())
     parser.add_argument("--out", default="runs/compare", help="output folder (%(default)s)")
     parser.add_argument(
@@ -470,19 +468,6 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    import jax
-
-    from camegrad_jax.rrg.compare import (
-        QUICK_FIELDS,
-        QUICK_METHODS,
-        QUICK_NOISE_BATCHES,
-        QUICK_SEEDS,
-        CompareConfig,
-        format_summary,
-        run_comparison,
-    )
-    from camegrad_jax.rrg.config import TrainConfig
-
     cache = args.compilation_cache or str(Path(args.out) / ".jax_cache")
     if cache.lower() != "none":
         jax.config.update("jax_compilation_cache_dir", cache)
@@ -561,8 +546,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from camegrad_jax.rrg.train import TrainingDiverged
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -26,7 +26,10 @@ from camegrad_jax.rrg.model import ModelConfig
 from camegrad_jax.rrg.optim import MULTITASK_METHODS, check_method_options
 from camegrad_jax.rrg.synthetic import GENERATORS, SyntheticConfig
 
-__all__ = ["TASK_NAMES", "TrainConfig"]
+__all__ = ["SELECTION_METRICS", "TASK_NAMES", "TrainConfig"]
+
+# Val metrics a run may select its best checkpoint by (see `TrainConfig.selection_metric`).
+SELECTION_METRICS = ("ce_example_f1", "ce_example_no_nf_f1", "BLEU_4")
 
 # The two losses, in the order of `loss_vector`. The second slot holds the auxiliary task of
 # every variant (`TrainConfig.aux`); it keeps the name "cls" in logs and results.
@@ -84,6 +87,11 @@ class TrainConfig:
       beam_size: 1 decodes greedily; more runs beam search.
       eval_batch_size: batch size of decoding.
       eval_every: evaluate on val every this many epochs (and after the last one).
+      selection_metric: the val metric whose best epoch is the "best" checkpoint tested at the
+        end, one of `SELECTION_METRICS`. The default is the paper's clinical F1 over the 14
+        labels; ``"ce_example_no_nf_f1"`` leaves No Finding out, so that a model writing the
+        same normal report for every study cannot win the selection (on the small synthetic
+        validation split it otherwise can: see the results page).
       meteor_val, meteor_test: compute METEOR on val / on the final test evaluation (each call
         starts a Java process, about 15 s).
       log_every: host fetch of the per-step diagnostics and progress-bar refresh, in steps.
@@ -136,6 +144,7 @@ class TrainConfig:
     beam_size: int = 1
     eval_batch_size: int = 64
     eval_every: int = 1
+    selection_metric: str = "ce_example_f1"
     meteor_val: bool = False
     meteor_test: bool = True
     log_every: int = 10
@@ -180,6 +189,11 @@ class TrainConfig:
             raise ValueError(
                 f"`synthetic_generator` should be one of {GENERATORS}. Found "
                 f"`synthetic_generator = {self.synthetic_generator!r}`."
+            )
+        if self.selection_metric not in SELECTION_METRICS:
+            raise ValueError(
+                f"`selection_metric` should be one of {SELECTION_METRICS}. Found "
+                f"`selection_metric = {self.selection_metric!r}`."
             )
         if self.aux not in AUX_TASKS:
             raise ValueError(f"`aux` should be one of {AUX_TASKS}. Found `aux = {self.aux!r}`.")

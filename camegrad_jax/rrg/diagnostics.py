@@ -31,6 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from camegrad_jax import GradientStats, MultiTaskState
 from camegrad_jax.rrg.config import TASK_NAMES
@@ -47,9 +48,16 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
 def find_multitask_state(opt_state: Any) -> MultiTaskState | None:
-    """The first :class:`camegrad_jax.MultiTaskState` inside an optimizer state, if any."""
-    nodes = jax.tree.leaves(opt_state, is_leaf=lambda node: isinstance(node, MultiTaskState))
-    return next((node for node in nodes if isinstance(node, MultiTaskState)), None)
+    """The first :class:`camegrad_jax.MultiTaskState` inside an optimizer state, if any.
+
+    Found by its type name with ``optax.tree_utils``, as optax's own state look-ups are, so
+    any wrapper (``chain``, ``inject_hyperparams``, ``masked``, ...) may hold it."""
+    found = optax.tree_utils.tree_get_all_with_path(
+        opt_state,
+        MultiTaskState.__name__,
+        filtering=lambda _, node: isinstance(node, MultiTaskState),
+    )
+    return found[0][1] if found else None
 
 
 def _is_loggable(name: str, value: Any, num_tasks: int) -> bool:

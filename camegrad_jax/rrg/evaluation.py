@@ -7,8 +7,8 @@ and clinical efficacy under both protocols, both sides labelled by the rule-base
 auxiliary head is scored from :func:`classification_probs` against the gold labels
 (``aux_*``); a model whose auxiliary task is alignment (no label head, see
 :mod:`camegrad_jax.rrg.aux_tasks`) is scored by image→report retrieval instead
-(``aux_retrieval_r1``, ``aux_retrieval_r5``). Model selection uses ``ce_example_f1``
-(example-based CE F1, the paper's protocol).
+(``aux_retrieval_r1``, ``aux_retrieval_r5``). Which val metric selects the best checkpoint is
+``TrainConfig.selection_metric`` (by default ``ce_example_f1``, the paper's protocol).
 """
 
 from __future__ import annotations
@@ -20,18 +20,12 @@ import numpy as np
 
 from camegrad_jax.rrg.aux_tasks import AlignedRRGModel, retrieval_metrics
 from camegrad_jax.rrg.data import RRGDataset
+from camegrad_jax.rrg.decoding import beam_search_decode, classification_probs, greedy_decode
 from camegrad_jax.rrg.labeler import label_reports
 from camegrad_jax.rrg.metrics import auxiliary_head_metrics, evaluate_reports
-from camegrad_jax.rrg.model import (
-    RRGModel,
-    beam_search_decode,
-    classification_probs,
-    greedy_decode,
-)
+from camegrad_jax.rrg.model import RRGModel
 
-__all__ = ["SELECTION_METRIC", "evaluate_split", "generate_reports"]
-
-SELECTION_METRIC = "ce_example_f1"
+__all__ = ["evaluate_split", "generate_reports"]
 
 
 def generate_reports(

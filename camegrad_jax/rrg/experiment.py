@@ -265,12 +265,11 @@ def make_train_step(
     def stgu_step(params, opt_state, rest, batch, step, seed):
         key = _dropout_key(seed, step)
         learning_rate = schedule(step)
-        adamw = opt_state.opt_state
-        hyperparams = {**adamw.hyperparams, "learning_rate": learning_rate}
-        opt_state = opt_state._replace(opt_state=adamw._replace(hyperparams=hyperparams))
+        # The only `learning_rate` in the state: the injected hyper-parameter of the AdamW.
+        opt_state = optax.tree_utils.tree_set(opt_state, learning_rate=learning_rate)
         params, opt_state, info = tx.step(params, opt_state, rest, batch, key)
         diagnostics = step_diagnostics(info.losses, opt_state)
-        diagnostics["num_groups"] = opt_state.num_groups
+        diagnostics["num_groups"] = optax.tree_utils.tree_get(opt_state, "num_groups")
         diagnostics["learning_rate"] = learning_rate
         return params, opt_state, diagnostics
 
@@ -291,18 +290,16 @@ def make_train_step(
     return functools.partial(jax.jit(step_fn, donate_argnums=(0, 1)), seed=_seed_argument(seed))
 
 
-def _fold_in_keys(node: Any, index: jax.Array) -> Any:
-    """``node`` with every NamedTuple field named ``key`` replaced by ``fold_in(key, index)``."""
-    if isinstance(node, tuple) and hasattr(node, "_fields"):
-        return type(node)(
-            *(
-                jax.random.fold_in(value, index) if name == "key" else _fold_in_keys(value, index)
-                for name, value in zip(node._fields, node, strict=True)
-            )
-        )
-    if isinstance(node, (tuple, list)):
-        return type(node)(_fold_in_keys(value, index) for value in node)
-    return node
+def _fold_in_keys(state: Any, index: jax.Array) -> Any:
+    """``state`` with every state field named ``key`` (a PRNG key) replaced by
+    ``fold_in(key, index)``."""
+
+    def fold(path: tuple[Any, ...], leaf: Any) -> Any:
+        last = path[-1] if path else None
+        is_key = isinstance(last, jax.tree_util.GetAttrKey) and last.name == "key"
+        return jax.random.fold_in(leaf, index) if is_key else leaf
+
+    return jax.tree_util.tree_map_with_path(fold, state)
 
 
 def update_samples(

@@ -43,6 +43,9 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.meteor import meteor as pycoco_meteor
+from pycocoevalcap.rouge.rouge import Rouge
 
 from camegrad_jax.rrg.labeler import label_reports
 from camegrad_jax.rrg.labeler_agreement import check_labels
@@ -114,8 +117,6 @@ def meteor_score(
     Returns:
       ``(score, None)``, or ``(None, note)`` where the note says why there is no score.
     """
-    from pycocoevalcap.meteor import meteor as pycoco_meteor
-
     timeout = _meteor_timeout(timeout)
     java = shutil.which("java")
     if java is None:
@@ -229,9 +230,6 @@ def nlg_scores(
       ROUGE-L is the mean over reports). When Java is missing, fails or times out,
       ``"METEOR"`` is ``None`` and a ``"METEOR_note"`` string says why.
     """
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.rouge.rouge import Rouge
-
     _check_pair(generated, references)
     gts = {i: [" ".join(text.split())] for i, text in enumerate(references)}
     res = {i: [" ".join(text.split())] for i, text in enumerate(generated)}

@@ -33,15 +33,13 @@ are pure functions of `(params, batch, key)`. For per-task gradients under `jax.
 Any key works; on a CPU, keys made with `jax.random.key(seed, impl="rbg")` compile the dropout
 masks several times faster than the default threefry keys.
 
-Decoding (`greedy_decode`, `beam_search_decode`) runs under `jax.jit` with a key/value cache and
-fixed-shape `lax.while_loop`s, and returns token arrays laid out like the training tokens:
-`[BOS, w1, ..., EOS, PAD, ...]`.
+The layers are in `camegrad_jax.rrg.model_layers`; decoding (`greedy_decode`,
+`beam_search_decode`) and the label head's probabilities are in `camegrad_jax.rrg.decoding`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
@@ -50,30 +48,30 @@ import numpy as np
 import optax
 from flax import nnx
 
+from camegrad_jax.rrg.model_layers import (
+    Cache,
+    DecoderLayer,
+    DropoutKeys,
+    EncoderLayer,
+    VisualEncoder,
+    decoder_attention_mask,
+    dropout,
+    sinusoidal_positions,
+)
 from camegrad_jax.rrg.observations import NUM_LABEL_CLASSES, NUM_OBSERVATIONS, POSITIVE
-from camegrad_jax.rrg.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from camegrad_jax.rrg.tokenizer import EOS_ID, PAD_ID
 
 __all__ = [
     "BaseProbs",
     "ModelConfig",
     "RRGModel",
-    "beam_search_decode",
     "classification_loss",
-    "classification_probs",
-    "decoder_attention_mask",
-    "greedy_decode",
     "loss_vector",
     "losses",
     "losses_with_aux",
     "report_loss",
     "shared_parameter_mask",
 ]
-
-# Masked attention logits and banned tokens get this finite value rather than -inf, so that a
-# fully masked row stays finite and scores can still be compared and ordered.
-_NEG = -1e9
-
-Cache = tuple[jax.Array, jax.Array]  # keys, values: (batch, heads, length, head_dim)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,208 +163,6 @@ class BaseProbs(nnx.Variable):
     """
 
 
-class _DropoutKeys:
-    """The dropout keys of one forward pass, split from one key up front and handed out in turn.
-
-    One split for the whole pass rather than one per layer: on a CPU each split site adds
-    noticeably to compile time. With `key=None` every key is None, which turns dropout off.
-    """
-
-    def __init__(self, key: jax.Array | None, count: int):
-        self._keys = None if key is None else jax.random.split(key, count)
-        self._count = count
-        self._used = 0
-
-    def __call__(self) -> jax.Array | None:
-        if self._used == self._count:
-            raise RuntimeError(f"All {self._count} dropout keys are used; count the sites again.")
-        self._used += 1
-        return None if self._keys is None else self._keys[self._used - 1]
-
-    def check_all_used(self) -> None:
-        """Fail when keys are left over: the site count of some layer is wrong."""
-        if self._used != self._count:
-            raise RuntimeError(f"{self._used} of {self._count} dropout keys used.")
-
-
-def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-    """Inverted dropout driven by an explicit key; the identity when `key` is None."""
-    if key is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
-
-
-def _sinusoidal_positions(length: int, width: int) -> jax.Array:
-    """The sine/cosine position table of Vaswani et al., shape (length, width)."""
-    positions = np.arange(length, dtype=np.float64)[:, None]
-    frequencies = np.exp(-math.log(10000.0) * np.arange(0, width, 2) / width)
-    table = np.zeros((length, width))
-    table[:, 0::2] = np.sin(positions * frequencies)
-    table[:, 1::2] = np.cos(positions * frequencies[: width // 2])
-    return jnp.asarray(table, dtype=jnp.float32)
-
-
-class ConvBlock(nnx.Module):
-    """A stride-2 conv that halves the grid, then a stride-1 conv; each with GroupNorm and GELU."""
-
-    def __init__(self, in_features: int, out_features: int, groups: int, *, rngs: nnx.Rngs):
-        self.down = nnx.Conv(in_features, out_features, (3, 3), strides=2, rngs=rngs)
-        self.down_norm = nnx.GroupNorm(out_features, num_groups=groups, rngs=rngs)
-        self.refine = nnx.Conv(out_features, out_features, (3, 3), rngs=rngs)
-        self.refine_norm = nnx.GroupNorm(out_features, num_groups=groups, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = jax.nn.gelu(self.down_norm(self.down(x)))
-        return jax.nn.gelu(self.refine_norm(self.refine(x)))
-
-
-class VisualEncoder(nnx.Module):
-    """The shared conv stack: images (N, H, W, 1) to a patch grid (N, H/2^k, W/2^k, C)."""
-
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        widths = (1, *config.conv_features)
-        self.blocks = nnx.List(
-            [
-                ConvBlock(w_in, w_out, config.norm_groups, rngs=rngs)
-                for w_in, w_out in zip(widths[:-1], widths[1:], strict=True)
-            ]
-        )
-
-    def __call__(self, images: jax.Array) -> jax.Array:
-        for block in self.blocks:
-            images = block(images)
-        return images
-
-
-class MultiHeadAttention(nnx.Module):
-    """Scaled dot-product attention whose keys/values are projected separately, for caching."""
-
-    def __init__(self, d_model: int, num_heads: int, dropout: float, *, rngs: nnx.Rngs):
-        self.num_heads = num_heads
-        self.dropout = dropout
-        self.query = nnx.Linear(d_model, d_model, rngs=rngs)
-        self.key = nnx.Linear(d_model, d_model, rngs=rngs)
-        self.value = nnx.Linear(d_model, d_model, rngs=rngs)
-        self.out = nnx.Linear(d_model, d_model, rngs=rngs)
-
-    def _heads(self, x: jax.Array) -> jax.Array:
-        batch, length, width = x.shape
-        x = x.reshape(batch, length, self.num_heads, width // self.num_heads)
-        return x.transpose(0, 2, 1, 3)
-
-    def project_kv(self, x: jax.Array) -> Cache:
-        """Keys and values (batch, heads, length, head_dim) of the sequence `x`."""
-        return self._heads(self.key(x)), self._heads(self.value(x))
-
-    def __call__(
-        self,
-        x: jax.Array,
-        keys: jax.Array,
-        values: jax.Array,
-        mask: jax.Array | None,
-        dropout_keys: _DropoutKeys,
-    ) -> jax.Array:
-        """Attend from `x` (batch, T, d) to `keys`/`values`; `mask` broadcasts to (b, h, T, S)."""
-        queries = self._heads(self.query(x))
-        scores = jnp.einsum("bhtd,bhsd->bhts", queries, keys) / math.sqrt(queries.shape[-1])
-        if mask is not None:
-            scores = jnp.where(mask, scores, _NEG)
-        weights = _dropout(jax.nn.softmax(scores, axis=-1), self.dropout, dropout_keys())
-        mixed = jnp.einsum("bhts,bhsd->bhtd", weights, values)
-        batch, _, length, _ = mixed.shape
-        return self.out(mixed.transpose(0, 2, 1, 3).reshape(batch, length, -1))
-
-
-class FeedForward(nnx.Module):
-    """Position-wise two-layer ReLU network."""
-
-    def __init__(self, d_model: int, d_ff: int, dropout: float, *, rngs: nnx.Rngs):
-        self.dropout = dropout
-        self.hidden = nnx.Linear(d_model, d_ff, rngs=rngs)
-        self.out = nnx.Linear(d_ff, d_model, rngs=rngs)
-
-    def __call__(self, x: jax.Array, dropout_keys: _DropoutKeys) -> jax.Array:
-        return self.out(_dropout(jax.nn.relu(self.hidden(x)), self.dropout, dropout_keys()))
-
-
-class EncoderLayer(nnx.Module):
-    """Pre-LN self-attention and feed-forward over the patch tokens."""
-
-    DROPOUT_SITES = 4
-
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        d = config.d_model
-        self.dropout = config.dropout
-        self.attention_norm = nnx.LayerNorm(d, rngs=rngs)
-        self.attention = MultiHeadAttention(d, config.num_heads, config.dropout, rngs=rngs)
-        self.ff_norm = nnx.LayerNorm(d, rngs=rngs)
-        self.ff = FeedForward(d, config.d_ff, config.dropout, rngs=rngs)
-
-    def __call__(self, x: jax.Array, dropout_keys: _DropoutKeys) -> jax.Array:
-        h = self.attention_norm(x)
-        attended = self.attention(h, *self.attention.project_kv(h), None, dropout_keys)
-        x = x + _dropout(attended, self.dropout, dropout_keys())
-        return x + _dropout(self.ff(self.ff_norm(x), dropout_keys), self.dropout, dropout_keys())
-
-
-class DecoderLayer(nnx.Module):
-    """Pre-LN masked self-attention, cross-attention to the visual memory, and feed-forward."""
-
-    DROPOUT_SITES = 6
-
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        d = config.d_model
-        self.dropout = config.dropout
-        self.self_norm = nnx.LayerNorm(d, rngs=rngs)
-        self.self_attention = MultiHeadAttention(d, config.num_heads, config.dropout, rngs=rngs)
-        self.cross_norm = nnx.LayerNorm(d, rngs=rngs)
-        self.cross_attention = MultiHeadAttention(d, config.num_heads, config.dropout, rngs=rngs)
-        self.ff_norm = nnx.LayerNorm(d, rngs=rngs)
-        self.ff = FeedForward(d, config.d_ff, config.dropout, rngs=rngs)
-
-    def __call__(
-        self,
-        x: jax.Array,
-        self_mask: jax.Array,
-        cross_kv: Cache,
-        dropout_keys: _DropoutKeys,
-        cache: Cache | None = None,
-        position: jax.Array | int = 0,
-    ) -> tuple[jax.Array, Cache]:
-        """Run the layer on `x` (batch, T, d).
-
-        Teacher forcing passes the whole sequence and no `cache`. Incremental decoding passes one
-        token (T = 1) at `position` and the `cache` of earlier keys/values, into which the
-        token's own key/value are written; the returned cache is the updated one.
-        """
-        h = self.self_norm(x)
-        self_kv = self.self_attention.project_kv(h)
-        if cache is not None:
-            start = (0, 0, position, 0)
-            self_kv = tuple(
-                jax.lax.dynamic_update_slice(c, n, start)
-                for c, n in zip(cache, self_kv, strict=True)
-            )
-        attended = self.self_attention(h, *self_kv, self_mask, dropout_keys)
-        x = x + _dropout(attended, self.dropout, dropout_keys())
-        attended = self.cross_attention(self.cross_norm(x), *cross_kv, None, dropout_keys)
-        x = x + _dropout(attended, self.dropout, dropout_keys())
-        x = x + _dropout(self.ff(self.ff_norm(x), dropout_keys), self.dropout, dropout_keys())
-        return x, self_kv
-
-
-def decoder_attention_mask(input_tokens: jax.Array) -> jax.Array:
-    """Self-attention mask (B, 1, T, T) of the decoder: True where query t may see key s.
-
-    Causal (s <= t) and key padding (token s is not PAD). With right padding the padding part
-    changes only the outputs at PAD positions, which carry no loss; it keeps them well defined.
-    """
-    length = input_tokens.shape[1]
-    causal = jnp.tril(jnp.ones((length, length), bool))
-    return causal[None, None] & (input_tokens != PAD_ID)[:, None, None, :]
-
-
 class RRGModel(nnx.Module):
     """The reference radiology-report-generation model (see the module docstring).
 
@@ -453,10 +249,10 @@ class RRGModel(nnx.Module):
         batch, views, patches, _ = features.shape
         d = self.config.d_model
         tokens = self.patch_projection(features)
-        tokens = tokens + _sinusoidal_positions(patches, d)[None, None]
+        tokens = tokens + sinusoidal_positions(patches, d)[None, None]
         tokens = tokens + self.view_embedding(jnp.arange(views))[None, :, None]
-        keys = _DropoutKeys(dropout_key, 1 + EncoderLayer.DROPOUT_SITES * len(self.encoder_layers))
-        x = _dropout(tokens.reshape(batch, views * patches, d), self.config.dropout, keys())
+        keys = DropoutKeys(dropout_key, 1 + EncoderLayer.DROPOUT_SITES * len(self.encoder_layers))
+        x = dropout(tokens.reshape(batch, views * patches, d), self.config.dropout, keys())
         for layer in self.encoder_layers:
             x = layer(x, keys)
         keys.check_all_used()
@@ -467,7 +263,7 @@ class RRGModel(nnx.Module):
         return [layer.cross_attention.project_kv(memory) for layer in self.decoder_layers]
 
     def _embed_tokens(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
-        table = _sinusoidal_positions(self.config.max_len, self.config.d_model)
+        table = sinusoidal_positions(self.config.max_len, self.config.d_model)
         return self.token_embedding(tokens) * math.sqrt(self.config.d_model) + table[positions]
 
     def decode(
@@ -484,8 +280,8 @@ class RRGModel(nnx.Module):
         if length > self.config.max_len:
             raise ValueError(f"Got {length} tokens but `max_len = {self.config.max_len}`.")
         mask = decoder_attention_mask(input_tokens)
-        keys = _DropoutKeys(dropout_key, 1 + DecoderLayer.DROPOUT_SITES * len(self.decoder_layers))
-        x = _dropout(
+        keys = DropoutKeys(dropout_key, 1 + DecoderLayer.DROPOUT_SITES * len(self.decoder_layers))
+        x = dropout(
             self._embed_tokens(input_tokens, jnp.arange(length)), self.config.dropout, keys()
         )
         for layer, kv in zip(self.decoder_layers, cross_kv, strict=True):
@@ -508,7 +304,7 @@ class RRGModel(nnx.Module):
         length = caches[0][0].shape[2]
         x = self._embed_tokens(tokens[:, None], position)
         mask = (jnp.arange(length) <= position)[None, None, None, :]
-        no_dropout = _DropoutKeys(None, DecoderLayer.DROPOUT_SITES * len(self.decoder_layers))
+        no_dropout = DropoutKeys(None, DecoderLayer.DROPOUT_SITES * len(self.decoder_layers))
         new_caches = []
         for layer, kv, cache in zip(self.decoder_layers, cross_kv, caches, strict=True):
             x, cache = layer(x, mask, kv, no_dropout, cache=cache, position=position)
@@ -668,176 +464,3 @@ def shared_parameter_mask(model: RRGModel) -> nnx.State:
     `jax.tree.map(f, mask, params)` works with either.
     """
     return nnx.map_state(lambda path, _: path[0] == "visual_encoder", nnx.state(model, nnx.Param))
-
-
-@nnx.jit
-def classification_probs(model: RRGModel, images: jax.Array) -> jax.Array:
-    """Label probabilities (B, 14, 4) at inference: softmax without logit adjustment.
-
-    PromptMRG adds `log(base_probs)` in training only and takes the plain softmax at test time.
-    """
-    return jax.nn.softmax(model.classification_logits(model.visual_features(images)), axis=-1)
-
-
-def _next_token_log_probs(logits: jax.Array) -> jax.Array:
-    """Log-probabilities with PAD and BOS banned, as they never follow a generated token."""
-    logits = logits.at[:, PAD_ID].set(_NEG).at[:, BOS_ID].set(_NEG)
-    return jax.nn.log_softmax(logits, axis=-1)
-
-
-def _start_decoding(
-    model: RRGModel, images: jax.Array, copies: int, max_len: int
-) -> tuple[list[Cache], list[Cache]]:
-    """Empty self-attention caches and the cross-attention keys/values, `copies` per image."""
-    memory = model.encode(model.visual_features(images))
-    memory = jnp.repeat(memory, copies, axis=0)
-    batch = memory.shape[0]
-    heads = model.config.num_heads
-    shape = (batch, heads, max_len, model.config.d_model // heads)
-    caches = [(jnp.zeros(shape), jnp.zeros(shape)) for _ in model.decoder_layers]
-    return caches, model.cross_kv(memory)
-
-
-def _check_decode_length(model: RRGModel, max_len: int | None) -> int:
-    max_len = model.config.max_len if max_len is None else max_len
-    if not 2 <= max_len <= model.config.max_len:
-        raise ValueError(
-            f"`max_len` must lie in [2, {model.config.max_len}]. Found `max_len = {max_len}`."
-        )
-    return max_len
-
-
-@functools.partial(nnx.jit, static_argnames=("max_len",))
-def greedy_decode(model: RRGModel, images: jax.Array, max_len: int | None = None) -> jax.Array:
-    """Greedy decoding, stopping at EOS.
-
-    Args:
-      model: the model (dropout is off in decoding).
-      images: float (B, V, H, W, 1).
-      max_len: length of the output, BOS included; defaults to `config.max_len`.
-
-    Returns:
-      The token ids, int32 of shape (B, max_len), laid out as `[BOS, w1, ..., EOS, PAD, ...]`;
-      a report that reaches `max_len` without EOS fills every position. PAD and BOS are never
-      generated.
-    """
-    max_len = _check_decode_length(model, max_len)
-    batch = images.shape[0]
-    caches, cross_kv = _start_decoding(model, images, 1, max_len)
-    tokens = jnp.full((batch, max_len), PAD_ID, jnp.int32).at[:, 0].set(BOS_ID)
-    finished = jnp.zeros((batch,), bool)
-
-    def keep_going(state):
-        position, _, finished, _ = state
-        return (position < max_len) & ~finished.all()
-
-    def step(state):
-        position, tokens, finished, caches = state
-        logits, caches = model.decode_step(tokens[:, position - 1], position - 1, caches, cross_kv)
-        chosen = jnp.argmax(_next_token_log_probs(logits), axis=-1).astype(jnp.int32)
-        chosen = jnp.where(finished, PAD_ID, chosen)
-        tokens = tokens.at[:, position].set(chosen)
-        return position + 1, tokens, finished | (chosen == EOS_ID), caches
-
-    _, tokens, _, _ = jax.lax.while_loop(keep_going, step, (1, tokens, finished, caches))
-    return tokens
-
-
-@functools.partial(nnx.jit, static_argnames=("beam_size", "max_len"))
-def beam_search_decode(
-    model: RRGModel,
-    images: jax.Array,
-    beam_size: int = 3,
-    max_len: int | None = None,
-    length_penalty: float = 1.0,
-) -> jax.Array:
-    """Beam search, stopping at EOS, returning the best hypothesis of each image.
-
-    Hypotheses are ranked by `sum(log p) / length ** length_penalty`, with `length` the number of
-    generated tokens (EOS counted, BOS not): 1.0 (the default, as Hugging Face `generate` used by
-    PromptMRG) divides by the length, 0.0 ranks by the summed log-probability (R2Gen's default).
-
-    As in Hugging Face's beam search: each step expands the `beam_size` live hypotheses, takes
-    the `2 * beam_size` best continuations, moves those ending in EOS that rank within the top
-    `beam_size` to a pool of finished hypotheses (the best `beam_size` are kept), and continues
-    the best `beam_size` others. An image is done when its pool is full and no live hypothesis,
-    scored at its current length, beats the pool's worst; at `max_len`, live hypotheses join the
-    pool. With `beam_size=1` this is exactly greedy decoding.
-
-    Args:
-      model: the model (dropout is off in decoding).
-      images: float (B, V, H, W, 1).
-      beam_size: number of hypotheses kept per image.
-      max_len: length of the output, BOS included; defaults to `config.max_len`.
-      length_penalty: exponent of the length normalisation.
-
-    Returns:
-      int32 (B, max_len) laid out as `greedy_decode`'s output.
-    """
-    if beam_size < 1:
-        raise ValueError(f"`beam_size` must be positive. Found `beam_size = {beam_size}`.")
-    if model.config.vocab_size - 2 < 2 * beam_size:
-        raise ValueError(
-            f"`beam_size` needs a vocabulary of at least 2 * beam_size + 2 ids. Found "
-            f"`beam_size = {beam_size}`, `vocab_size = {model.config.vocab_size}`."
-        )
-    max_len = _check_decode_length(model, max_len)
-    batch, beams, vocab = images.shape[0], beam_size, model.config.vocab_size
-    caches, cross_kv = _start_decoding(model, images, beams, max_len)
-    start = jnp.full((batch, beams, max_len), PAD_ID, jnp.int32).at[:, :, 0].set(BOS_ID)
-    # Only the first copy of the start is live, so the first step does not expand duplicates.
-    live_log_probs = jnp.full((batch, beams), _NEG).at[:, 0].set(0.0)
-    finished_scores = jnp.full((batch, beams), _NEG)
-    done = jnp.zeros((batch,), bool)
-
-    def normalise(log_probs, length):
-        return log_probs / jnp.asarray(length, jnp.float32) ** length_penalty
-
-    def gather(x, index):  # x (batch, n, ...) indexed by index (batch, k) along axis 1
-        return jax.vmap(lambda row, i: row[i])(x, index)
-
-    def keep_going(state):
-        position, *_, done = state
-        return (position < max_len) & ~done.all()
-
-    def step(state):
-        position, live, live_log_probs, caches, finished, finished_scores, done = state
-        logits, caches = model.decode_step(
-            live[:, :, position - 1].reshape(-1), position - 1, caches, cross_kv
-        )
-        log_probs = _next_token_log_probs(logits).reshape(batch, beams, vocab)
-        candidates = (live_log_probs[..., None] + log_probs).reshape(batch, beams * vocab)
-        top_log_probs, top_index = jax.lax.top_k(candidates, 2 * beams)
-        parent, token = top_index // vocab, (top_index % vocab).astype(jnp.int32)
-        extended = gather(live, parent).at[:, :, position].set(token)
-        ends = token == EOS_ID
-
-        # Finished pool: an EOS continuation counts only if it ranks within the top `beams`.
-        new_scores = jnp.where(
-            ends & (jnp.arange(2 * beams) < beams), normalise(top_log_probs, position), _NEG
-        )
-        pool_scores = jnp.concatenate([finished_scores, new_scores], axis=1)
-        pool_scores, pool_index = jax.lax.top_k(pool_scores, beams)
-        pool = gather(jnp.concatenate([finished, extended], axis=1), pool_index)
-        finished = jnp.where(done[:, None, None], finished, pool)
-        finished_scores = jnp.where(done[:, None], finished_scores, pool_scores)
-
-        live_log_probs, keep = jax.lax.top_k(jnp.where(ends, _NEG, top_log_probs), beams)
-        live = gather(extended, keep)
-        flat_parent = (gather(parent, keep) + beams * jnp.arange(batch)[:, None]).reshape(-1)
-        caches = jax.tree.map(lambda c: c[flat_parent], caches)
-
-        pool_full = (finished_scores > _NEG / 2).all(axis=1)
-        live_hopeless = normalise(live_log_probs.max(axis=1), position) <= finished_scores.min(1)
-        done = done | (pool_full & live_hopeless)
-        return position + 1, live, live_log_probs, caches, finished, finished_scores, done
-
-    state = (1, start, live_log_probs, caches, start, finished_scores, done)
-    _, live, live_log_probs, _, finished, finished_scores, done = jax.lax.while_loop(
-        keep_going, step, state
-    )
-    # Images still running at max_len let their live hypotheses compete with the finished ones.
-    live_scores = jnp.where(done[:, None], _NEG, normalise(live_log_probs, max_len - 1))
-    scores = jnp.concatenate([finished_scores, live_scores], axis=1)
-    hypotheses = jnp.concatenate([finished, live], axis=1)
-    return gather(hypotheses, jnp.argmax(scores, axis=1)[:, None])[:, 0]

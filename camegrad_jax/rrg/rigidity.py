@@ -44,9 +44,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
-from camegrad_jax.rrg.compare import BASELINE, CAMEGRAD, SUMMARY_FILE, CompareConfig
+from camegrad_jax.rrg.compare import run_comparison
+from camegrad_jax.rrg.compare_plan import BASELINE, CAMEGRAD, SUMMARY_FILE, CompareConfig
 from camegrad_jax.rrg.config import TrainConfig
 
 __all__ = [
@@ -331,11 +335,7 @@ def markdown_table(rows: Sequence[RigidityRow]) -> str:
 def write_figure(rows: Sequence[RigidityRow], path: str | Path) -> str:
     """One panel per score (`SCORE_FIELDS`) against α, a line per variant (dashed: its linear
     scalarization). Returns the path written."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, len(SCORE_FIELDS), figsize=(4.2 * len(SCORE_FIELDS), 3.8))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (field, label) in zip(axes, SCORE_FIELDS, strict=True):
@@ -416,10 +416,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="train the default configuration instead of the reduced one (hours on a CPU)",
     )
     args = parser.parse_args(argv)
-    import jax
-
-    from camegrad_jax.rrg.compare import run_comparison
-
     out = Path(args.out)
     # Runs that differ only in their seed compile the same programs: load them from disk.
     jax.config.update("jax_compilation_cache_dir", str(out / ".jax_cache"))

@@ -17,15 +17,13 @@ Example (the default run: a few minutes on two CPU cores):
   >>> from camegrad_jax.rrg.config import TrainConfig
   >>> from camegrad_jax.rrg.train import train
   >>> results = train(TrainConfig(save_dir="runs/rrg"))  # doctest: +SKIP
-  >>> results["test"]["ce_example_f1"]  # doctest: +SKIP
+  >>> results.test["ce_example_f1"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import os
 import resource
 import sys
 import time
@@ -43,37 +41,24 @@ from camegrad_jax.rrg import checkpoint as ckpt
 from camegrad_jax.rrg.config import TASK_NAMES, TrainConfig
 from camegrad_jax.rrg.data import RRGDataset
 from camegrad_jax.rrg.diagnostics import StepLog, summarize_step_log
-from camegrad_jax.rrg.evaluation import SELECTION_METRIC, evaluate_split
-from camegrad_jax.rrg.experiment import Setup, build_setup, make_train_step
-from camegrad_jax.rrg.model import RRGModel
+from camegrad_jax.rrg.evaluation import evaluate_split
+from camegrad_jax.rrg.experiment import build_setup, make_train_step
 from camegrad_jax.rrg.optim import MULTITASK_METHODS
-from camegrad_jax.rrg.rundir import (
-    RunLock,
-    check_writable,
-    data_fingerprint,
-    fingerprint_changes,
-    resolve_data_paths,
+from camegrad_jax.rrg.restore import checkpoint_target, restore_run, saved_config
+from camegrad_jax.rrg.results import (
+    CONFIG_FILE,
+    RESULTS_FILE,
+    RESULTS_FORMAT,
+    STEP_LOG_FILE,
+    TEST_REPORTS_FILE,
+    RunResults,
+    json_ready,
+    write_atomically,
 )
-from camegrad_jax.rrg.tokenizer import Tokenizer
+from camegrad_jax.rrg.rundir import RunLock, check_writable, data_fingerprint, resolve_data_paths
 
-__all__ = [
-    "RESULTS_FILE",
-    "STEP_LOG_FILE",
-    "TEST_REPORTS_FILE",
-    "RestoredRun",
-    "TrainingDiverged",
-    "evaluate_run",
-    "json_ready",
-    "restore_run",
-    "saved_config",
-    "train",
-]
+__all__ = ["TrainingDiverged", "config_differences", "train"]
 
-RESULTS_FILE = "results.json"
-STEP_LOG_FILE = "steps.npz"
-TEST_REPORTS_FILE = "test_reports.json"
-CONFIG_FILE = "config.json"
-_RESULTS_FORMAT = "camegrad-rrg-results/1"
 # Fields a resumed run may change: where its data now lives (the data fingerprint must still
 # match), and METEOR on the final test (it changes no training step).
 _RESUMABLE_CHANGES = ("ann_path", "image_dir", "meteor_test")
@@ -85,143 +70,9 @@ class TrainingDiverged(RuntimeError):
     """A run stopped at a non-finite loss or update; ``results`` is what it wrote to
     ``results.json`` (``"status": "diverged"``)."""
 
-    def __init__(self, message: str, results: dict[str, Any]):
+    def __init__(self, message: str, results: RunResults):
         super().__init__(message)
         self.results = results
-
-
-@dataclasses.dataclass(frozen=True)
-class RestoredRun:
-    """A run restored from its directory: setup, checkpointed arrays and meta.
-
-    ``opt_state`` and ``step_log`` are None for a ``best`` checkpoint (only parameters are
-    kept there).
-    """
-
-    setup: Setup
-    params: nnx.State
-    rest: nnx.State
-    opt_state: Any
-    meta: dict[str, Any]
-    step_log: StepLog | None
-
-    def model(self) -> RRGModel:
-        return self.setup.model(self.params, self.rest)
-
-
-def _checkpoint_target(
-    setup: Setup, kind: ckpt.CheckpointKind, meta: Mapping[str, Any]
-) -> dict[str, Any]:
-    target = {"params": setup.params, "rest": setup.rest}
-    if kind == ckpt.LATEST:
-        target["opt_state"] = jax.eval_shape(setup.tx.init, setup.params)
-        target["step"] = jax.ShapeDtypeStruct((), jnp.int32)
-        target["step_log"] = StepLog.abstract_arrays(meta["step_log_layout"], meta["step"])
-    return target
-
-
-def restore_run(
-    save_dir: str | Path,
-    kind: ckpt.CheckpointKind = ckpt.LATEST,
-    *,
-    config_changes: Mapping[str, Any] | None = None,
-    dataset: RRGDataset | None = None,
-) -> RestoredRun:
-    """Rebuild the run in ``save_dir`` (its config, tokenizer and image normalisation) and
-    restore its ``kind`` checkpoint.
-
-    Args:
-      save_dir: the run directory.
-      kind: ``"latest"`` (parameters and optimizer state) or ``"best"`` (parameters).
-      config_changes: fields to change in the stored config that do not change the arrays'
-        structure, e.g. ``ann_path``/``image_dir`` when the data moved (``save_dir`` is set to
-        the given one).
-      dataset: the run's data, already loaded (its tokenizer and image normalisation must be
-        the run's); by default it is rebuilt from the stored config.
-
-    Raises:
-      ValueError: the data differ from the fingerprint the run recorded, saying how.
-    """
-    meta = ckpt.read_checkpoint_meta(save_dir, kind)
-    changes = {"save_dir": str(save_dir), **(config_changes or {})}
-    config = resolve_data_paths(TrainConfig.from_dict(meta["config"]).replace(**changes))
-    if not config.uses_synthetic_data:
-        _check_data(save_dir, meta, config, None)  # Cheap: before the images are read.
-    tokenizer = Tokenizer.load(ckpt.tokenizer_path(save_dir))
-    if dataset is not None and (
-        dataset.tokenizer != tokenizer
-        or (dataset.image_mean, dataset.image_std) != (meta["image_mean"], meta["image_std"])
-    ):
-        raise ValueError(
-            f"`dataset` is not the data of the run in {save_dir}: its tokenizer or image "
-            "normalisation differs."
-        )
-    setup = build_setup(
-        config,
-        tokenizer=tokenizer,
-        image_mean=meta["image_mean"],
-        image_std=meta["image_std"],
-        dataset=dataset,
-    )
-    if config.uses_synthetic_data:
-        _check_data(save_dir, meta, config, setup.dataset)
-    target = _checkpoint_target(setup, kind, meta)
-    state, meta = ckpt.restore_checkpoint(save_dir, kind, target)
-    return RestoredRun(
-        setup,
-        state["params"],
-        state["rest"],
-        state.get("opt_state"),
-        meta,
-        StepLog(jax.device_get(state["step_log"])) if "step_log" in state else None,
-    )
-
-
-def _check_data(
-    save_dir: str | Path, meta: Mapping[str, Any], config: TrainConfig, dataset: Any
-) -> None:
-    recorded = meta.get("data_fingerprint")
-    if recorded is None:
-        return  # A run from before data fingerprints: nothing to compare with.
-    changes = fingerprint_changes(recorded, data_fingerprint(config, dataset))
-    if changes:
-        where = "" if config.uses_synthetic_data else f" at {config.ann_path}"
-        raise ValueError(
-            f"The data{where} are not the data the run in {save_dir} started on: "
-            f"{'; '.join(changes)}. Pass the run's own data (--ann-path/--image-dir if it moved)."
-        )
-
-
-def saved_config(save_dir: str | Path) -> TrainConfig:
-    """The configuration of the run in ``save_dir``: its latest checkpoint's, or, for a run
-    interrupted before its first checkpoint, its ``config.json``."""
-    if ckpt.has_checkpoint(save_dir, ckpt.LATEST):
-        return TrainConfig.from_dict(ckpt.read_checkpoint_meta(save_dir, ckpt.LATEST)["config"])
-    path = Path(save_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"No latest checkpoint in {Path(save_dir)} (and no {CONFIG_FILE}).")
-    return TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``path`` through a temporary file and a rename: an interrupt leaves the old file
-    or the new one, never a truncated one."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
-def json_ready(value: Any) -> Any:
-    """``value`` with numpy scalars as Python numbers and non-finite floats as None."""
-    if isinstance(value, Mapping):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, (np.generic, np.ndarray)):
-        return json_ready(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _finite(record: Mapping[str, Any]) -> bool:
@@ -287,7 +138,7 @@ class _Trainer:
             self.opt_state = self.setup.init_opt_state(self.params)
             self.save_dir.mkdir(parents=True, exist_ok=True)
             self.setup.dataset.tokenizer.save(ckpt.tokenizer_path(self.save_dir))
-            _write_atomically(self.save_dir / CONFIG_FILE, json.dumps(config.to_dict(), indent=1))
+            write_atomically(self.save_dir / CONFIG_FILE, json.dumps(config.to_dict(), indent=1))
         self.config = self.setup.config
         self.step_fn = make_train_step(
             self.setup.graphdef, self.setup.tx, self.setup.schedule, self.config.seed
@@ -403,7 +254,8 @@ class _Trainer:
         record = self.history[-1]
         record["val"] = metrics
         record["val_seconds"] = time.perf_counter() - started
-        value = metrics[SELECTION_METRIC]
+        selection_metric = self.config.selection_metric
+        value = metrics[selection_metric]
         # `>=` as the public CAME-Grad trainer: on a tie the later epoch is kept.
         if self.best is None or value >= self.best["value"]:
             self.best = {"epoch": epoch + 1, "step": self.step, "value": value}
@@ -417,7 +269,7 @@ class _Trainer:
         if self.progress:
             tqdm.write(
                 f"epoch {epoch + 1}: L_lm {record['train_loss_lm']:.4f}  "
-                f"L_cls {record['train_loss_cls']:.4f}  val {SELECTION_METRIC} {value:.4f}  "
+                f"L_cls {record['train_loss_cls']:.4f}  val {selection_metric} {value:.4f}  "
                 f"BLEU_4 {metrics['BLEU_4']:.4f}"
             )
 
@@ -432,12 +284,12 @@ class _Trainer:
         ckpt.save_checkpoint(self.save_dir, ckpt.LATEST, self.step, state, self.meta())
 
     def test(self) -> tuple[dict[str, Any], list[str]]:
-        target = _checkpoint_target(self.setup, ckpt.BEST, {})
+        target = checkpoint_target(self.setup, ckpt.BEST, {})
         state, _ = ckpt.restore_checkpoint(self.save_dir, ckpt.BEST, target)
         metrics, generated = self.evaluate(state["params"], "test", self.config.meteor_test)
         return json_ready(metrics), generated
 
-    def results(self, test: dict[str, Any] | None) -> dict[str, Any]:
+    def results(self, test: dict[str, Any] | None) -> RunResults:
         config, setup, dataset = self.config, self.setup, self.setup.dataset
         num_params = sum(leaf.size for leaf in jax.tree.leaves(setup.params))
         shared = sum(
@@ -449,7 +301,8 @@ class _Trainer:
         )
         notes = [
             "References are the R2Gen-cleaned reference reports; CE labels both sides with the "
-            "rule-based labeler; best checkpoint by val ce_example_f1 (ties: later epoch).",
+            f"rule-based labeler; best checkpoint by val {config.selection_metric} (ties: later "
+            "epoch).",
             "Gradient statistics (cosine, norms, collapse ratio) are on the shared parameters "
             "(the visual encoder).",
         ]
@@ -457,9 +310,10 @@ class _Trainer:
             notes.append("METEOR not computed on val (meteor_val=False): val METEOR is null.")
         if test is not None and test.get("METEOR") is None:
             notes.append(f"Test METEOR is null: {test.get('METEOR_note')}")
-        return json_ready(
+        # Through JSON's types first: the record returned is the one read back from the file.
+        record = json_ready(
             {
-                "format": _RESULTS_FORMAT,
+                "format": RESULTS_FORMAT,
                 "status": self.status(),
                 "config": config.to_dict(),
                 "data": {
@@ -487,7 +341,11 @@ class _Trainer:
                     "total_steps": setup.total_steps,
                 },
                 "epochs": self.history,
-                "selection": {"metric": SELECTION_METRIC, "split": "val", **(self.best or {})},
+                "selection": {
+                    "metric": self.config.selection_metric,
+                    "split": "val",
+                    **(self.best or {}),
+                },
                 "divergence": self.diverged,
                 "test": test,
                 "diagnostics": summarize_step_log(self.step_log),
@@ -499,6 +357,7 @@ class _Trainer:
                 "files": {"step_log": STEP_LOG_FILE, "test_reports": TEST_REPORTS_FILE},
             }
         )
+        return RunResults.from_dict(record)
 
     def status(self) -> str:
         if self.diverged:
@@ -523,7 +382,7 @@ class _Trainer:
             "rate may help."
         )
 
-    def write_results(self, test: dict[str, Any] | None, generated: list[str] | None) -> dict:
+    def write_results(self, test: dict[str, Any] | None, generated: list[str] | None) -> RunResults:
         results = self.results(test)
         self.step_log.save_npz(str(self.save_dir / STEP_LOG_FILE))
         if generated is not None:
@@ -536,9 +395,9 @@ class _Trainer:
                 }
                 for study, text, ref in zip(data.ids, generated, data.reports, strict=True)
             ]
-            _write_atomically(self.save_dir / TEST_REPORTS_FILE, json.dumps(reports, indent=1))
+            write_atomically(self.save_dir / TEST_REPORTS_FILE, json.dumps(reports, indent=1))
         # Last: a results.json marks a finished write (`compare` reuses a complete one).
-        _write_atomically(self.save_dir / RESULTS_FILE, json.dumps(results, indent=1))
+        results.write(self.save_dir)
         return results
 
 
@@ -549,7 +408,7 @@ def train(
     progress: bool = True,
     stop_after_epoch: int | None = None,
     dataset: RRGDataset | None = None,
-) -> dict[str, Any]:
+) -> RunResults:
     """Train, validate every ``eval_every`` epochs, test the best checkpoint, write results.
 
     Args:
@@ -568,37 +427,8 @@ def train(
         comparison); by default it is loaded from ``config``. A resumed run reloads its own.
 
     Returns:
-      The results, also written to ``save_dir/results.json`` (non-finite numbers as null):
-
-      * ``format`` (``"camegrad-rrg-results/1"``), ``status`` (``"complete"``/``"stopped"``/
-        ``"diverged"``), ``divergence`` (null, or where the run diverged: ``step``, ``epoch``,
-        and the losses and update norm there);
-      * ``config``: the `TrainConfig` as a dict;
-      * ``data``: ``source`` (``"synthetic"``/``"annotation"``), ``dataset_name``,
-        ``split_sizes``, ``vocab_size``, ``max_len``, ``num_views``, ``image_size``,
-        ``fingerprint`` (see `camegrad_jax.rrg.rundir.data_fingerprint`);
-      * ``model``: ``num_params``, ``num_shared_params`` (the visual encoder);
-      * ``optimizer``: ``name``, ``factory``, ``options`` (its keyword arguments),
-        ``task_weights``, ``baseline_clip`` (null unless "linear"), ``steps_per_epoch``,
-        ``total_steps``;
-      * ``epochs``: one record per epoch: ``epoch``, ``step``, ``train_loss_lm``,
-        ``train_loss_cls`` (means over the epoch's steps), ``learning_rate`` (last step's),
-        and where validated ``val`` (the metrics below) and ``val_seconds``;
-      * ``selection``: ``metric`` (``"ce_example_f1"``), ``split`` (``"val"``), and the best
-        ``epoch``, ``step``, ``value``;
-      * ``test``: metrics of the best checkpoint on test (null when stopped): ``BLEU_1``..
-        ``BLEU_4``, ``METEOR`` (null when skipped, with ``METEOR_note``), ``ROUGE_L``,
-        ``ce_example_{precision,recall,f1,avg}``, ``ce_label_macro_{precision,recall,f1,avg}``,
-        ``aux_{auc_macro,auc_micro,auc_macro_num_labels}``,
-        ``aux_{precision,recall,f1}_{macro,micro}``, ``num_reports``, ``mean_generated_words``;
-      * ``diagnostics``: ``num_steps`` and, per field of the per-step log (see
-        :mod:`camegrad_jax.rrg.diagnostics`) and for ``update_to_joint_norm``, its ``mean``,
-        ``std``, ``min``, ``max``, ``q05``, ``q25``, ``q50``, ``q75``, ``q95`` (lists for
-        per-task fields); ``conflict.mean`` is the share of steps in conflict;
-      * ``notes``: how the metrics were computed (references, labeler, METEOR);
-      * ``timing``: ``wall_seconds`` (across resumes), ``peak_rss_mb`` (this process);
-      * ``files``: ``step_log`` (``steps.npz``, one array per per-step field) and
-        ``test_reports`` (``test_reports.json``: id, generated and reference report).
+      The :class:`camegrad_jax.rrg.results.RunResults` (its attributes list every field), also
+      written to ``save_dir/results.json``.
 
     Raises:
       TrainingDiverged: a loss or the update became non-finite (after writing the results).
@@ -622,7 +452,7 @@ def _train_locked(
     progress: bool,
     stop_after_epoch: int | None,
     dataset: RRGDataset | None,
-) -> dict[str, Any]:
+) -> RunResults:
     trainer = _Trainer(config, resume=resume, progress=progress, dataset=dataset)
     config = trainer.config
     stop = config.epochs if stop_after_epoch is None else min(stop_after_epoch, config.epochs)
@@ -647,59 +477,3 @@ def _train_locked(
         return trainer.write_results(None, None)
     test, generated = trainer.test()
     return trainer.write_results(test, generated)
-
-
-def evaluate_run(
-    save_dir: str | Path,
-    *,
-    split: str = "test",
-    kind: ckpt.CheckpointKind = ckpt.BEST,
-    beam_size: int | None = None,
-    meteor: bool | None = None,
-    ann_path: str | None = None,
-    image_dir: str | None = None,
-) -> dict[str, Any]:
-    """Metrics of a run's checkpoint on ``split``.
-
-    Args:
-      save_dir: the run directory.
-      split: ``"test"`` or ``"val"``.
-      kind: ``"best"`` or ``"latest"``.
-      beam_size: default the run's.
-      meteor: default the run's setting for the split (``meteor_test`` / ``meteor_val``).
-      ann_path, image_dir: where the run's annotation data now lives, if it moved (its
-        fingerprint must match the run's: other data are refused).
-
-    Returns:
-      ``{"save_dir", "checkpoint", "epoch", "step", "split", "beam_size", "metrics"}``;
-      with the run's defaults, ``metrics`` equals ``results.json``'s ``test``.
-    """
-    if split not in ("val", "test"):
-        raise ValueError(f"`split` should be 'val' or 'test'. Found `split = {split!r}`.")
-    changes = {} if ann_path is None else {"ann_path": str(ann_path), "image_dir": image_dir}
-    if image_dir is not None:
-        changes["image_dir"] = str(image_dir)
-    restored = restore_run(save_dir, kind, config_changes=changes)
-    config = restored.setup.config
-    beam_size = config.beam_size if beam_size is None else beam_size
-    if meteor is None:
-        meteor = config.meteor_test if split == "test" else config.meteor_val
-    metrics, _ = evaluate_split(
-        restored.model(),
-        restored.setup.dataset,
-        split,
-        beam_size=beam_size,
-        batch_size=config.eval_batch_size,
-        meteor=meteor,
-    )
-    return json_ready(
-        {
-            "save_dir": str(save_dir),
-            "checkpoint": kind,
-            "epoch": restored.meta["epochs_done"],
-            "step": restored.meta["step"],
-            "split": split,
-            "beam_size": beam_size,
-            "metrics": metrics,
-        }
-    )

@@ -30,8 +30,8 @@ from camegrad_jax.rrg.cli import main
 from camegrad_jax.rrg.config import TrainConfig
 from camegrad_jax.rrg.model import loss_vector, shared_parameter_mask
 from camegrad_jax.rrg.observations import NUM_OBSERVATIONS
+from camegrad_jax.rrg.results import RESULTS_FILE, STEP_LOG_FILE
 from camegrad_jax.rrg.rigidity import VARIANTS, markdown_table, rigidity_rows, write_rigidity
-from camegrad_jax.rrg.train import RESULTS_FILE, STEP_LOG_FILE
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 

@@ -16,8 +16,8 @@ from rrg_tiny import TINY_DATA_FLAGS, TINY_FLAGS
 from camegrad_jax.rrg.cli import COMMANDS, main
 from camegrad_jax.rrg.data import load_dataset
 from camegrad_jax.rrg.optim import available_methods
+from camegrad_jax.rrg.results import RESULTS_FILE
 from camegrad_jax.rrg.synthetic import SyntheticConfig, generate_synthetic
-from camegrad_jax.rrg.train import RESULTS_FILE
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 

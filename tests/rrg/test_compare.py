@@ -25,21 +25,32 @@ from rrg_tiny import (
     tiny_config,
 )
 
-from camegrad_jax.rrg import compare, stats
+from camegrad_jax.rrg import (
+    compare,
+    compare_figures,
+    compare_noise,
+    compare_plan,
+    compare_stats,
+    compare_tables,
+    results,
+    stats,
+)
 from camegrad_jax.rrg.cli import main
-from camegrad_jax.rrg.compare import (
+from camegrad_jax.rrg.compare_plan import (
     DEFAULT_SWEEP,
     SUMMARY_FILE,
     TABLE_METRICS,
     CompareConfig,
+    RunRecord,
     plan_runs,
-    sweep_table,
 )
+from camegrad_jax.rrg.compare_stats import min_seeds_for_significance, sweep_table
 from camegrad_jax.rrg.experiment import build_setup, load_data, update_samples
 from camegrad_jax.rrg.labeler import label_reports
 from camegrad_jax.rrg.observations import POSITIVE
+from camegrad_jax.rrg.optim import available_methods
+from camegrad_jax.rrg.results import STEP_LOG_FILE
 from camegrad_jax.rrg.stats import covariance_trace, paired_bootstrap_ci, sign_flip_p_value
-from camegrad_jax.rrg.train import STEP_LOG_FILE
 
 # Every test metric a run records (see `camegrad_jax.rrg.train.train`).
 pytestmark = pytest.mark.usefixtures("compilation_cache")
@@ -264,7 +275,21 @@ def test_default_sweep_plan_is_one_at_a_time():
 
     # The table of the sweep has one row per grid value, in order, over the seeds' runs.
     records = [
-        {"name": spec.name, "seed": spec.seed, "test": {m: float(spec.seed) for m in TABLE_METRICS}}
+        RunRecord(
+            name=spec.name,
+            method=spec.method,
+            seed=spec.seed,
+            hyper={},
+            run_dir=str(spec.run_dir),
+            how="trained",
+            test={m: float(spec.seed) for m in TABLE_METRICS},
+            selection={},
+            val_ce_example_f1=[],
+            train_losses=[],
+            dynamics={},
+            wall_seconds=0.0,
+            steps=0,
+        )
         for spec in specs
     ]
     table = sweep_table(records, config)
@@ -285,7 +310,7 @@ def test_config_validation():
         CompareConfig(seeds=(-1,))
     config = CompareConfig(methods=("linear", "pcgrad", "camegrad_no_s2"))
     assert config.noise_methods == ("linear", "camegrad_no_s2")
-    assert CompareConfig().methods == compare.available_methods()
+    assert CompareConfig().methods == available_methods()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -410,7 +435,8 @@ def test_update_samples_draw_fresh_noise_per_minibatch(tmp_path):
 
 
 def test_docstring_examples_run():
-    for module in (stats, compare):
+    modules = (compare, compare_figures, compare_noise, compare_plan, compare_stats, compare_tables)
+    for module in (stats, results, *modules):
         assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
 
 
@@ -439,8 +465,6 @@ def test_rerun_resumes_a_run_killed_between_its_checkpoint_saves(
 
 @pytest.mark.parametrize("confidence", [0.8, 0.9, 0.95, 0.99])
 def test_min_seeds_for_significance_is_where_the_exact_test_first_can_reject(confidence):
-    from camegrad_jax.rrg.compare import min_seeds_for_significance
-    from camegrad_jax.rrg.stats import sign_flip_p_value
 
     # Differences all of one sign give the smallest p-value the test can attain with n seeds.
     smallest = {n: sign_flip_p_value([1.0 + 0.1 * i for i in range(n)]) for n in range(1, 12)}

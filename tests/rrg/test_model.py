@@ -15,20 +15,18 @@ import optax
 import pytest
 from flax import nnx
 
+from camegrad_jax.rrg.decoding import beam_search_decode, classification_probs, greedy_decode
 from camegrad_jax.rrg.model import (
     BaseProbs,
     ModelConfig,
     RRGModel,
-    beam_search_decode,
     classification_loss,
-    classification_probs,
-    decoder_attention_mask,
-    greedy_decode,
     loss_vector,
     losses_with_aux,
     report_loss,
     shared_parameter_mask,
 )
+from camegrad_jax.rrg.model_layers import decoder_attention_mask
 from camegrad_jax.rrg.observations import NUM_LABEL_CLASSES, NUM_OBSERVATIONS, POSITIVE
 from camegrad_jax.rrg.tokenizer import BOS_ID, EOS_ID, PAD_ID
 

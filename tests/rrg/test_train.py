@@ -35,16 +35,16 @@ from camegrad_jax.rrg.optim import (
     multitask_options,
     weight_decay_mask,
 )
-from camegrad_jax.rrg.tokenizer import Tokenizer
-from camegrad_jax.rrg.train import (
+from camegrad_jax.rrg.restore import evaluate_run, restore_run
+from camegrad_jax.rrg.results import (
     RESULTS_FILE,
     STEP_LOG_FILE,
     TEST_REPORTS_FILE,
-    TrainingDiverged,
-    evaluate_run,
-    restore_run,
-    train,
+    RunResults,
+    read_results,
 )
+from camegrad_jax.rrg.tokenizer import Tokenizer
+from camegrad_jax.rrg.train import TrainingDiverged, train
 
 # The module (`camegrad_jax.rrg.train` the attribute is the function, re-exported).
 train_module = importlib.import_module("camegrad_jax.rrg.train")
@@ -94,11 +94,14 @@ CAMEGRAD_FIELDS = {
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Name -> (config, results) of the two tiny runs."""
+    """Name -> (config, results) of the two tiny runs (the linear one selects its checkpoint by
+    BLEU-4, the other by the default CE F1)."""
     out = {}
-    for name in ("camegrad", "linear"):
-        config = tiny_config(tmp_path_factory.mktemp(name), optimizer=name)
-        out[name] = (config, train(config, progress=False))
+    for name, selection_metric in (("camegrad", "ce_example_f1"), ("linear", "BLEU_4")):
+        config = tiny_config(
+            tmp_path_factory.mktemp(name), optimizer=name, selection_metric=selection_metric
+        )
+        out[name] = (config, train(config, progress=False).to_dict())
     return out
 
 
@@ -116,10 +119,10 @@ def test_losses_fall(runs, name):
 def test_resume_continues_exactly(runs, tmp_path):
     straight_config, straight = runs["camegrad"]
     config = straight_config.replace(save_dir=str(tmp_path))
-    first = train(config, progress=False, stop_after_epoch=1)
+    first = train(config, progress=False, stop_after_epoch=1).to_dict()
     assert first["status"] == "stopped" and first["test"] is None
     assert len(first["epochs"]) == 1
-    resumed = train(config, progress=False, resume=True)
+    resumed = train(config, progress=False, resume=True).to_dict()
 
     assert resumed["status"] == "complete"
     for key in ("selection", "test", "diagnostics"):
@@ -166,7 +169,7 @@ def test_resume_after_an_interrupt_at_every_phase_of_the_saves(runs, tmp_path, m
     monkeypatch.setenv("PATH", f"{java.parent}{os.pathsep}{os.environ['PATH']}")
     # METEOR on test is a field a resume may change: it changes no training step.
     with pytest.warns(RuntimeWarning, match="exit status 1"):
-        resumed = train(config.replace(meteor_test=True), progress=False, resume=True)
+        resumed = train(config.replace(meteor_test=True), progress=False, resume=True).to_dict()
 
     assert json.loads((tmp_path / "run" / RESULTS_FILE).read_text()) == resumed
     assert resumed["status"] == "complete"
@@ -301,9 +304,12 @@ def test_results_json_has_every_key(runs):
         for epoch in results["epochs"]:
             assert set(epoch["val"]) >= METRIC_KEYS
             assert {"train_loss_lm", "train_loss_cls", "learning_rate", "step"} <= set(epoch)
+        # The best epoch by the configured val metric, the later one on a tie.
         selection = results["selection"]
-        best = max(e["val"]["ce_example_f1"] for e in results["epochs"])
-        assert selection["metric"] == "ce_example_f1" and selection["value"] == best
+        values = [e["val"][config.selection_metric] for e in results["epochs"]]
+        best_epoch = max(range(len(values)), key=lambda i: (values[i], i)) + 1
+        assert selection["metric"] == config.selection_metric
+        assert (selection["epoch"], selection["value"]) == (best_epoch, max(values))
         assert results["timing"]["wall_seconds"] > 0 and results["timing"]["peak_rss_mb"] > 0
         assert 0 < results["model"]["num_shared_params"] < results["model"]["num_params"]
         summary = results["diagnostics"]
@@ -312,6 +318,23 @@ def test_results_json_has_every_key(runs):
             assert {"mean", "std", "min", "max", "q05", "q50", "q95"} <= set(summary[field])
         reports = json.loads((run_dir / TEST_REPORTS_FILE).read_text())
         assert len(reports) == results["data"]["split_sizes"]["test"]
+
+
+def test_results_are_typed_and_written_back_byte_for_byte(runs):
+    """The record `train` returns is the one read back from results.json, and writing a record
+    read from a file gives that file again (older run folders load and stay as they are)."""
+    for config, results in runs.values():
+        run_dir = Path(config.save_dir)
+        record = read_results(run_dir)
+        assert isinstance(record, RunResults) and record.config == config
+        assert record.to_dict() == results
+        assert record.to_json() == (run_dir / RESULTS_FILE).read_text()
+        assert record.selection.epoch == results["selection"]["epoch"]
+        assert [e.val is not None for e in record.epochs] == [True, True]
+    older = {key: value for key, value in results.items() if key != "divergence"}
+    assert RunResults.from_dict(older).divergence is None  # Files of before divergence existed.
+    with pytest.raises(ValueError, match="camegrad-rrg-results/1"):
+        RunResults.from_dict({**results, "format": "other"})
 
 
 @pytest.mark.parametrize("name", ["camegrad", "linear"])
@@ -474,6 +497,11 @@ def test_config_round_trip_and_validation():
         TrainConfig(epochs=0)
     with pytest.raises(ValueError, match="dataset_name"):
         TrainConfig(dataset_name="chexpert")
+    with pytest.raises(ValueError, match="`selection_metric = 'bleu'`"):
+        TrainConfig(selection_metric="bleu")
+    # Configs saved before the field existed were selected by the paper's CE F1.
+    saved = {k: v for k, v in config.to_dict().items() if k != "selection_metric"}
+    assert TrainConfig.from_dict(saved).selection_metric == "ce_example_f1"
     assert TrainConfig(cls_weight=2.0).task_weights == (1.0, 2.0)
 
 
@@ -484,7 +512,7 @@ def test_stgu_trains_and_resumes_exactly(tmp_path):
     affinity, groups and PRNG key are in the checkpointed state)."""
     options = {"warmup_steps": 3, "affinity_decay": 0.1}
     config = tiny_config(tmp_path / "straight", optimizer="stgu", method_options=options)
-    straight = train(config, progress=False)
+    straight = train(config, progress=False).to_dict()
     first, second = straight["epochs"]
     assert second["train_loss_lm"] < 0.9 * first["train_loss_lm"], (first, second)
     assert straight["optimizer"]["factory"] == "stgu"
@@ -493,8 +521,8 @@ def test_stgu_trains_and_resumes_exactly(tmp_path):
     assert np.all(log_a["num_groups"][:4] == 2)  # the warm-up keeps one group per task
 
     resumed_config = config.replace(save_dir=str(tmp_path / "resumed"))
-    assert train(resumed_config, progress=False, stop_after_epoch=1)["status"] == "stopped"
-    resumed = train(resumed_config, progress=False, resume=True)
+    assert train(resumed_config, progress=False, stop_after_epoch=1).status == "stopped"
+    resumed = train(resumed_config, progress=False, resume=True).to_dict()
     for key in ("selection", "test", "diagnostics"):
         assert resumed[key] == straight[key], key
     assert without_timing(resumed["epochs"]) == without_timing(straight["epochs"])
@@ -533,7 +561,18 @@ def test_every_available_method_trains(name, tmp_path):
 # `evaluation` and `experiment` are left out: every function there needs a model and data set,
 # too large for an example.
 @pytest.mark.parametrize(
-    "module_name", ["config", "optim", "diagnostics", "checkpoint", "train", "cli", "rundir"]
+    "module_name",
+    [
+        "config",
+        "optim",
+        "diagnostics",
+        "checkpoint",
+        "train",
+        "results",
+        "restore",
+        "cli",
+        "rundir",
+    ],
 )
 def test_docstring_examples_run(module_name):
     module = importlib.import_module(f"camegrad_jax.rrg.{module_name}")
