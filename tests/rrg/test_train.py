@@ -1,7 +1,8 @@
 """Tests of the trainer, its checkpoints, diagnostics and results (`camegrad_jax.rrg.train`).
 
 Two tiny runs (CAME-Grad and the linear baseline, 2 epochs each) are trained once per module
-and inspected by most tests; the train step is compiled once per optimizer (see `helpers/rrg_tiny.py`).
+and inspected by most tests; the train step is compiled once per optimizer (see
+`helpers/rrg_tiny.py`).
 """
 
 from __future__ import annotations
