@@ -6,7 +6,9 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax import lax
 
 from camegrad_jax import _gram, _tree, _validation
 from camegrad_jax._aggregation import (
@@ -19,6 +21,41 @@ ScaleMode = Literal["min", "median", "rmse"]
 SCALE_MODES: tuple[str, ...] = ("min", "median", "rmse")
 # The official code's rank tolerance uses torch.finfo().eps, float32's, whatever the dtype.
 _RANK_EPS = float(jnp.finfo(jnp.float32).eps)
+# Sweeps of the Jacobi rotations: each sweep squares the off-diagonal mass once close.
+_JACOBI_SWEEPS = 10
+
+
+def _one_sided_jacobi(matrix: jax.Array, sweeps: int = _JACOBI_SWEEPS):
+    """Singular values and right singular vectors of a square matrix by one-sided (Hestenes)
+    Jacobi rotations: each rotation makes two columns orthogonal, and after a few sweeps over all
+    pairs the column norms are the singular values. A fixed number of sweeps, no loop on data."""
+    num_columns = matrix.shape[1]
+    pairs = np.array([(p, q) for p in range(num_columns) for q in range(p + 1, num_columns)])
+    if len(pairs) == 0:
+        return jnp.linalg.norm(matrix, axis=0), jnp.eye(num_columns, dtype=matrix.dtype)
+    firsts = jnp.asarray(np.tile(pairs[:, 0], sweeps))
+    seconds = jnp.asarray(np.tile(pairs[:, 1], sweeps))
+
+    def rotate(index, carry):
+        columns, vectors = carry
+        p, q = firsts[index], seconds[index]
+        x_p, x_q = columns[:, p], columns[:, q]
+        cross = x_p @ x_q
+        turn = cross != 0
+        zeta = (x_q @ x_q - x_p @ x_p) / (2 * jnp.where(turn, cross, 1.0))
+        tangent = jnp.where(zeta >= 0, 1.0, -1.0) / (jnp.abs(zeta) + jnp.hypot(1.0, zeta))
+        cos = jnp.where(turn, 1.0 / jnp.sqrt(1.0 + tangent**2), 1.0)
+        sin = jnp.where(turn, cos * tangent, 0.0)
+
+        def apply(m):
+            m_p, m_q = m[:, p], m[:, q]
+            return m.at[:, p].set(cos * m_p - sin * m_q).at[:, q].set(sin * m_p + cos * m_q)
+
+        return apply(columns), apply(vectors)
+
+    start = (matrix, jnp.eye(num_columns, dtype=matrix.dtype))
+    columns, vectors = lax.fori_loop(0, len(firsts), rotate, start)
+    return jnp.linalg.norm(columns, axis=0), vectors
 
 
 def aligned_mtl_coefficients(gram: jax.Array, scale_mode: ScaleMode = "min") -> jax.Array:
@@ -26,9 +63,23 @@ def aligned_mtl_coefficients(gram: jax.Array, scale_mode: ScaleMode = "min") -> 
     task gradients (see :func:`aligned_mtl`)."""
     num_tasks = gram.shape[0]
     normalised, _ = _gram.trace_normalise(gram)  # B does not depend on the scale of G.
-    eigenvalues, eigenvectors = jnp.linalg.eigh(normalised)  # ascending
-    kept = eigenvalues > jnp.max(eigenvalues) * num_tasks * _RANK_EPS
-    rank = jnp.sum(kept)
+    norms = jnp.sqrt(jnp.maximum(jnp.diagonal(normalised), 0.0))
+    inverse_norms = jnp.where(norms > 0, 1.0 / jnp.where(norms > 0, norms, 1.0), 0.0)
+    cosine = normalised * inverse_norms[:, None] * inverse_norms[None, :]
+    cosine_eigenvalues, cosine_eigenvectors = jnp.linalg.eigh(cosine)
+    # The rank is read on the cosine matrix, i.e. on the gradients' directions: on G itself a
+    # task whose gradient is 1e4 times smaller than another's falls below the cutoff.
+    rank = jnp.sum(cosine_eigenvalues > jnp.max(cosine_eigenvalues) * num_tasks * _RANK_EPS)
+    # G's own eigendecomposition loses its small eigenvalues to round-off of the large ones
+    # when the task norms are far apart. A square root R with RᵀR = G, R = Λ_C^{1/2} V_Cᵀ D, is
+    # graded only in its columns (D = diag ‖h_i‖), and one-sided Jacobi rotations find its
+    # singular values and right singular vectors to relative accuracy (Demmel & Veselić, 1992).
+    root = jnp.sqrt(jnp.maximum(cosine_eigenvalues, 0.0))[:, None] * cosine_eigenvectors.T
+    singular_values, right = _one_sided_jacobi(root * norms[None, :])
+    ascending = jnp.argsort(singular_values)
+    eigenvalues = jnp.square(singular_values)[ascending]
+    eigenvectors = right[:, ascending]
+    kept = jnp.arange(num_tasks) >= num_tasks - rank
     if scale_mode == "min":
         reference = jnp.min(jnp.where(kept, eigenvalues, jnp.inf))
     elif scale_mode == "median":
@@ -61,7 +112,8 @@ def aligned_mtl(
 
     With weighted task gradients :math:`h_i = \lambda_i g_i` stacked as the columns of H and
     their Gram matrix :math:`G = H^\top H = V \Lambda V^\top` restricted to its r non-zero
-    eigenvalues (those above :math:`K \varepsilon_{32} \lambda_{max}`, as the official code):
+    eigenvalues (r: the rank, eigenvalues above :math:`K \varepsilon_{32} \lambda_{max}`, as the
+    official code, but read on the cosine matrix; see the deviations below):
 
     .. math::
 
@@ -79,6 +131,15 @@ def aligned_mtl(
     As the official code (https://github.com/SamsungLabs/MTL) and LibMTL, g is the *sum* of the
     aligned gradients (torchjd's AlignedMTL averages them). The update is scale-equivariant and
     invariant to the order of the tasks; it is 0 when every gradient is.
+
+    Deviations from the official code: the rank r is read on the cosine matrix
+    :math:`D^{-1}GD^{-1}` (:math:`D = \mathrm{diag}\,\|h_i\|`) with the same cutoff, and the
+    eigenvalues and eigenvectors of G come from one-sided Jacobi rotations on a square root of
+    G graded only in its columns, not from G's own eigendecomposition. Both agree with the
+    official computation while the task norms are within about 1e3 of each other; beyond, G's
+    small eigenvalues drown in the round-off of the large ones (float32 loses them at a spread
+    of 1e4), and the official cutoff would count a task far smaller than the others as a rank
+    deficiency.
 
     This transformation must be **first** in a chain (see :func:`camegrad_jax.camegrad`).
 

@@ -13,7 +13,9 @@ Stage 1 where the conflict-averse dual degenerates (0 in the convex hull of the 
 UPGrad-style methods that project every gradient onto this cone.
 
 Solved by FISTA on the non-negative orthant with step 1/λ_max(G) and finished, as the Stage 1
-dual is, by an exact solve on the support that is kept only when it verifiably holds.
+dual is, by an exact solve on the support that is kept only when it verifiably holds, each
+optimality condition checked against its own task's round-off (and, for K ≤ 8, by the exact
+solve on every support where the iterations found none that holds).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from camegrad_jax import _gram
+
+# Up to this many tasks, iterations that end without a verified support fall back to trying
+# every support (2^K of them, in one batch).
+MAX_TASKS_ALL_SUPPORTS = 8
 
 
 def _support_solve(mu, gram, linear):
@@ -39,10 +45,18 @@ def support_solve(support, gram, linear):
     exact = jnp.where(support, -_gram.restricted_pseudo_inverse(gram, support) @ linear, 0.0)
     exact = jnp.where(support, exact, 0.0)
     gradient = gram @ exact + linear
-    tolerance = 64 * eps * jnp.max(jnp.abs(gram) @ (jnp.abs(exact) + 1.0))
+    # Each row's own round-off, as in `_dual.polish_on_support`: G_ij carries eps·‖h_i‖‖h_j‖,
+    # so row i of the gradient carries eps·‖h_i‖·(Σ_j ‖h_j‖|μ_j| + the size of q in those units)
+    # and μ_j matters on the scale of ‖h_j‖. A tolerance shared by all rows would accept a wrong
+    # support for a task whose gradient is orders of magnitude smaller than the others'.
+    norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+    positive = norms > 0
+    linear_reach = jnp.max(jnp.abs(linear) / jnp.where(positive, norms, 1.0))
+    reach = 64 * eps * (norms @ jnp.abs(exact) + linear_reach)
+    tolerance = norms * reach
     valid = (
         jnp.all(jnp.isfinite(exact))
-        & jnp.all(exact >= -tolerance)
+        & jnp.all(exact * norms >= -reach)
         & jnp.all(jnp.where(support, jnp.abs(gradient) <= tolerance, gradient >= -tolerance))
     )
     return valid, jnp.maximum(exact, 0.0)
@@ -108,4 +122,12 @@ def project_onto_dual_cone(
         zeros,
     )
     mu, _, _, _, _, valid, exact = lax.while_loop(keep_going, step, start)
+    if coefficients.shape[0] <= MAX_TASKS_ALL_SUPPORTS:
+        # Where the iterations found no support that verifiably holds (gradient norms orders of
+        # magnitude apart make them slow to identify it), every support is tried at once.
+        from camegrad_jax._enumerate_dual import nonnegative_quadratic  # It builds on this one.
+
+        exact, valid = lax.cond(
+            valid, lambda: (exact, valid), lambda: nonnegative_quadratic(gram_n, linear)
+        )
     return coefficients + jnp.where(valid, exact, mu)

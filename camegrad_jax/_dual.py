@@ -49,7 +49,7 @@ from jax import lax
 from optax.projections import projection_simplex
 
 from camegrad_jax import _gram, _validation
-from camegrad_jax._cone import project_onto_dual_cone
+from camegrad_jax._cone import MAX_TASKS_ALL_SUPPORTS, project_onto_dual_cone
 from camegrad_jax._diagnostics import quadratic_norm
 
 Solver = Literal["jaxopt", "apg", "enumerate"]
@@ -287,14 +287,15 @@ def _polish(weights, gram, radius, centre):
     return polish_on_support(support, gram, radius, centre)
 
 
-def polish_on_support(support, gram, radius, centre):
+def polish_on_support(support, gram, radius, centre, tasks=None):
     """Solves the optimality conditions exactly on a given support S (a (K,) bool mask).
 
     On the support S, the improvements <h_i, d> equal a common value t and ‖d − g0‖ = r. With
     d = g0 + Σ z_i h_i: G_SS z_S = t𝟙 − (Gb)_S and zᵀGz = r², a quadratic in t. The result is
     accepted only if it is finite, z ≥ 0, no task outside S improves by less than t, and the
-    linear system was actually solved (G_SS can be singular). Returns ``(valid, weights,
-    direction)``.
+    linear system was actually solved (G_SS can be singular). ``tasks`` (a (K,) bool mask,
+    default all) restricts the problem to a face of the simplex: the tasks outside it are left
+    out of the test. Returns ``(valid, weights, direction)``.
     """
     dtype = gram.dtype
     eps = jnp.finfo(dtype).eps
@@ -313,25 +314,27 @@ def polish_on_support(support, gram, radius, centre):
     z = jnp.where(support, t * a - e, 0.0)
     direction = _centre(gram, centre) + z
     gains = gram @ direction
-    # Round-off of a gain (G δ)_i is about eps · Σ_j |G_ij δ_j|: accept what lies within it.
-    gain_tolerance = 64 * eps * jnp.max(jnp.abs(gram) @ jnp.abs(direction))
+    # Each task's own round-off: G_ij carries about eps·‖h_i‖‖h_j‖, so the gain (G δ)_i carries
+    # eps·‖h_i‖·Σ_j ‖h_j‖|δ_j|, and z_j matters on the scale of ‖h_j‖. One tolerance for all
+    # tasks (the largest) would let a wrong support pass for a task whose gradient is orders of
+    # magnitude smaller than the others', which is exactly the one Stage 1 must protect.
+    norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+    reach = 64 * eps * (norms @ jnp.abs(direction))
+    gain_tolerance = norms * reach
+    considered = jnp.ones_like(support) if tasks is None else tasks
     residual = jnp.where(support, gains - t, 0.0)
     valid = (
         (quad_a > 0)
         & (discriminant >= 0)
         & jnp.all(jnp.isfinite(z))
-        & jnp.all(z >= -64 * eps * jnp.max(jnp.abs(z)))
+        & jnp.all(z * norms >= -reach)
         & jnp.all(jnp.abs(residual) <= gain_tolerance)
-        & jnp.all(jnp.where(support, True, gains >= t - gain_tolerance))
+        & jnp.all(jnp.where(support | ~considered, True, gains >= t - gain_tolerance))
         & (jnp.sum(z) > 0)
     )
     z = jnp.maximum(z, 0)
     polished_weights = z / jnp.where(jnp.sum(z) > 0, jnp.sum(z), 1.0)
     return valid, polished_weights, direction
-
-
-# Up to this many tasks, a failed polish falls back to trying every support (2^K − 1 of them).
-_MAX_TASKS_ALL_SUPPORTS = 8
 
 
 def every_support(num_tasks: int, with_empty: bool = False) -> jax.Array:
@@ -468,7 +471,7 @@ def solve_dual(
         weights, state, iterations, valid, exact_weights, exact_direction, _ = lax.while_loop(
             another_round, round_, start
         )
-        if gram.shape[0] <= _MAX_TASKS_ALL_SUPPORTS:
+        if gram.shape[0] <= MAX_TASKS_ALL_SUPPORTS:
             valid, exact_weights, exact_direction = lax.cond(
                 valid,
                 lambda _: (valid, exact_weights, exact_direction),

@@ -48,13 +48,13 @@ class FairGradState(NamedTuple):
     weights: jax.Array  # (K,) float32, w of the last solve on the h_i (before the factor K).
     normalised_weights: jax.Array  # (K,) float32, w on G / tr G: the next solve's warm start.
     solver_iterations: jax.Array  # () int32, Newton steps of the last solve.
-    residual: jax.Array  # () float32, ‖Gw − w^(−1/α)‖ / ‖w^(−1/α)‖ of the last solve.
+    residual: jax.Array  # () float32, relative residual of the last solve (see `solve_fairgrad`).
 
 
 class FairGradSolution(NamedTuple):
     weights: jax.Array  # (K,) w on the trace-normalised Gram matrix; 0 for zero gradients.
     iterations: jax.Array  # () int32.
-    residual: jax.Array  # () relative residual of Gw = w^(−1/α).
+    residual: jax.Array  # () relative residual of Cv = c ⊙ v^(−1/α), the equilibrated system.
 
 
 def _potential(w: jax.Array, alpha: jax.Array) -> jax.Array:
@@ -65,12 +65,12 @@ def _potential(w: jax.Array, alpha: jax.Array) -> jax.Array:
     return jnp.where(is_log, log_w, jnp.expm1(exponent * log_w) / jnp.where(is_log, 1.0, exponent))
 
 
-def _objective(w: jax.Array, gram: jax.Array, alpha: jax.Array) -> jax.Array:
-    return 0.5 * w @ gram @ w - jnp.sum(_potential(w, alpha))
+def _objective(v: jax.Array, system: jax.Array, alpha: jax.Array, gains: jax.Array) -> jax.Array:
+    return 0.5 * v @ system @ v - gains @ _potential(v, alpha)
 
 
-def _residual(w: jax.Array, gram: jax.Array, alpha: jax.Array) -> jax.Array:
-    return jnp.linalg.norm(gram @ w - jnp.exp(-jnp.log(w) / alpha))
+def _residual(v: jax.Array, system: jax.Array, alpha: jax.Array, gains: jax.Array) -> jax.Array:
+    return jnp.linalg.norm(system @ v - gains * jnp.exp(-jnp.log(v) / alpha))
 
 
 def solve_fairgrad(
@@ -86,7 +86,8 @@ def solve_fairgrad(
     :math:`(Gw)_i = 0`) are left out and get w_i = 0. Where 0 lies in the convex hull of the
     gradients there is no solution either; w then grows and stays capped at 1/ε, so that
     everything remains finite. Weights are kept above ε^α (and above the square root of the
-    smallest normal number), where w^(−1/α) and the Hessian stay in range.
+    smallest normal number), where w^(−1/α) and the Hessian stay in range. The Newton steps run
+    on an equilibrated form of the system (see the comment in the code).
 
     Args:
       gram: (K, K) Gram matrix divided by its trace.
@@ -110,26 +111,41 @@ def solve_fairgrad(
     eps = jnp.finfo(dtype).eps
     alpha = jnp.asarray(alpha, dtype)
     norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
-    active = norms > 64 * eps * jnp.max(norms)
+    # A zero gradient, or one whose squared norm (trace G being 1) is below tiny/ε, where its
+    # Gram entries lose precision to underflow; not relative to the largest norm (see below).
+    active = norms > jnp.sqrt(jnp.finfo(dtype).tiny / eps)
     both = active[:, None] & active[None, :]
-    # Inactive tasks get the decoupled equation w_i = w_i^(−1/α) (w_i = 1), zeroed at the end.
-    system = jnp.where(both, gram, jnp.eye(num_tasks, dtype=dtype))
-    # w^(−1/α) stays below 1/ε, and the Hessian's w^(−1/α) / (α w) within float range.
-    lower = jnp.maximum(eps**alpha, jnp.sqrt(jnp.finfo(dtype).tiny))
-    upper = 1.0 / eps
-    # Orthogonal gradients give w_i = G_ii^(−α/(α+1)) exactly.
-    exponent = -alpha / (alpha + 1.0)
-    guess = jnp.where(active, jnp.where(active, norms, 1.0) ** (2.0 * exponent), 1.0)
+    safe_norms = jnp.where(active, norms, 1.0)
+    # Equilibrated: with the cosine matrix C = D⁻¹GD⁻¹ (D = diag ‖h_i‖) and v = Dw, the system
+    # Gw = w^(−1/α) is exactly Cv = c ⊙ v^(−1/α) with c_i = ‖h_i‖^(1/α − 1), the stationarity
+    # condition of ½vᵀCv − Σ_i c_i φ(v_i). Newton steps on it do not lose the tasks whose
+    # gradients are orders of magnitude smaller than the others' (on G they would be solved to
+    # a relative accuracy of spread²·ε).
+    inverse_norms = jnp.where(active, 1.0 / safe_norms, 0.0)
+    cosine = gram * inverse_norms[:, None] * inverse_norms[None, :]
+    # Inactive tasks get the decoupled equation v_i = v_i^(−1/α) (v_i = 1), zeroed at the end.
+    system = jnp.where(both, cosine, jnp.eye(num_tasks, dtype=dtype))
+    gains = jnp.where(active, safe_norms ** (1.0 / alpha - 1.0), 1.0)
+    # w = v/‖h‖ stays where w^(−1/α) is below 1/ε and the Hessian within float range.
+    lower = safe_norms * jnp.maximum(eps**alpha, jnp.sqrt(jnp.finfo(dtype).tiny))
+    upper = safe_norms / eps
+    # Orthogonal gradients give w_i = G_ii^(−α/(α+1)) exactly, i.e. v_i = ‖h_i‖^((1−α)/(1+α)).
+    guess = jnp.where(active, safe_norms ** ((1.0 - alpha) / (1.0 + alpha)), 1.0)
     guess = jnp.clip(guess, lower, upper)
+    init = jnp.where(active, init * norms, init)
     init = jnp.clip(jnp.where(jnp.isfinite(init) & (init > 0), init, guess), lower, upper)
     start = jnp.where(
-        _objective(init, system, alpha) < _objective(guess, system, alpha), init, guess
+        _objective(init, system, alpha, gains) < _objective(guess, system, alpha, gains),
+        init,
+        guess,
     )
     tol = jnp.sqrt(eps)
     halvings = 0.5 ** jnp.arange(_LINE_SEARCH_STEPS, dtype=dtype)
 
     def relative_residual(w):
-        return _residual(w, system, alpha) / jnp.linalg.norm(jnp.exp(-jnp.log(w) / alpha))
+        return _residual(w, system, alpha, gains) / jnp.linalg.norm(
+            gains * jnp.exp(-jnp.log(w) / alpha)
+        )
 
     def keep_going(carry):
         # A small decrement alone can hide a poorly met equation of a task whose weight is tiny
@@ -140,7 +156,7 @@ def solve_fairgrad(
 
     def newton_step(carry):
         w, iteration, _, _ = carry
-        inverse_power = jnp.exp(-jnp.log(w) / alpha)
+        inverse_power = gains * jnp.exp(-jnp.log(w) / alpha)
         gradient = system @ w - inverse_power
         hessian = system + jnp.diag(inverse_power / (alpha * w))
         delta = -jnp.linalg.solve(hessian, gradient)
@@ -151,10 +167,14 @@ def solve_fairgrad(
         room = jnp.where(shrinking, -0.5 * w / jnp.where(shrinking, delta, -1.0), 1.0)
         steps = jnp.minimum(jnp.min(room), 1.0) * halvings
         candidates = jnp.clip(w + steps[:, None] * delta, lower, upper)
-        values = jax.vmap(_objective, in_axes=(0, None, None))(candidates, system, alpha)
-        residuals = jax.vmap(_residual, in_axes=(0, None, None))(candidates, system, alpha)
-        decreases = (values <= _objective(w, system, alpha) + _ARMIJO * steps * slope) | (
-            residuals <= (1.0 - _ARMIJO * steps) * _residual(w, system, alpha)
+        values = jax.vmap(_objective, in_axes=(0, None, None, None))(
+            candidates, system, alpha, gains
+        )
+        residuals = jax.vmap(_residual, in_axes=(0, None, None, None))(
+            candidates, system, alpha, gains
+        )
+        decreases = (values <= _objective(w, system, alpha, gains) + _ARMIJO * steps * slope) | (
+            residuals <= (1.0 - _ARMIJO * steps) * _residual(w, system, alpha, gains)
         )
         moved = jnp.any(decreases)
         w = jnp.where(moved, candidates[jnp.argmax(decreases)], w)
@@ -171,7 +191,7 @@ def solve_fairgrad(
         ),
     )
     residual = relative_residual(weights)
-    return FairGradSolution(jnp.where(active, weights, 0.0), iterations, residual)
+    return FairGradSolution(weights * inverse_norms, iterations, residual)
 
 
 def fairgrad_weighting(*, alpha: float = 1.0, solver_maxiter: int = 50) -> Weighting:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from camegrad_jax import _gram, _tree, _validation
+from camegrad_jax import _dual, _gram, _tree, _validation
 from camegrad_jax._aggregation import (
     Weighting,
     WeightingResult,
@@ -69,30 +69,6 @@ def _project_onto_face(x: jax.Array, active: jax.Array) -> jax.Array:
     return jnp.where(active, jnp.maximum(x - threshold, 0.0), 0.0)
 
 
-def _exact_on_support(weights: jax.Array, gram: jax.Array, active: jax.Array):
-    """Solves the min-norm KKT system on the support of `weights` (G_SS w = ν1, 1ᵀw = 1) and
-    says whether the solution verifiably is the minimum over the active face."""
-    k = gram.shape[0]
-    eps = jnp.finfo(gram.dtype).eps
-    support = weights > eps
-    both = support[:, None] & support[None, :]
-    block = jnp.where(both, gram, jnp.eye(k, dtype=gram.dtype))
-    border = support.astype(gram.dtype)
-    system = jnp.block([[block, border[:, None]], [border[None, :], jnp.zeros((1, 1), gram.dtype)]])
-    rhs = jnp.zeros((k + 1,), gram.dtype).at[k].set(1.0)
-    solution = jnp.linalg.solve(system, rhs)
-    exact = jnp.where(support, solution[:k], 0.0)
-    value = exact @ gram @ exact
-    tolerance = 64 * eps * jnp.max(jnp.abs(gram))
-    valid = (
-        jnp.all(jnp.isfinite(exact))
-        & jnp.all(exact >= -tolerance)
-        & jnp.all(jnp.where(active & ~support, gram @ exact >= value - tolerance, True))
-    )
-    exact = jnp.maximum(exact, 0.0)
-    return valid, exact / jnp.sum(exact)
-
-
 def min_norm_weights(gram: jax.Array, active: jax.Array) -> jax.Array:
     r"""MGDA's min-norm weights :math:`\arg\min_{w} \|\sum_i w_i h_i\|` over the simplex face of
     the active tasks, from a trace-normalised Gram matrix.
@@ -100,7 +76,8 @@ def min_norm_weights(gram: jax.Array, active: jax.Array) -> jax.Array:
     Two active tasks: the official closed form (with its 0.999 / 0.001 clipping). Three or more
     (never reached by the official code, which pairs each encoder with two losses): accelerated
     projected gradient from the best pair, finished by an exact solve on its support that is
-    kept only when it verifiably satisfies the optimality conditions.
+    kept only when it verifiably satisfies the optimality conditions (and, where it does not and
+    K ≤ 8, by the exact solve on every support of the face).
     """
     k = gram.shape[0]
     pair = _best_pair(gram, active)
@@ -118,7 +95,25 @@ def min_norm_weights(gram: jax.Array, active: jax.Array) -> jax.Array:
 
     start = (pair, pair, jnp.asarray(1.0, gram.dtype))
     iterated, _, _ = lax.fori_loop(0, _MAXITER, iteration, start)
-    valid, exact = _exact_on_support(iterated, gram, active)
+    # The exact solve of Stage 1's dual with centre 0 and radius 1 (MGDA's) on the support the
+    # iterations found, checked task by task on its own scale; where it does not hold (norms
+    # far apart slow the iterations down) and K ≤ 8, on every support of the active face.
+    zeros = jnp.zeros((k,), gram.dtype)
+
+    def exact_on(support):
+        valid, weights, _ = _dual.polish_on_support(support & active, gram, 1.0, zeros, active)
+        return valid & jnp.any(support & active) & ~jnp.any(support & ~active), weights
+
+    valid, exact = exact_on(iterated > jnp.finfo(gram.dtype).eps * jnp.max(iterated))
+    if k <= _dual.MAX_TASKS_ALL_SUPPORTS:
+
+        def every_support(_):
+            candidates_valid, candidates = jax.vmap(exact_on)(_dual.every_support(k))
+            norms_sq = jnp.einsum("si,ij,sj->s", candidates, gram, candidates)
+            best = jnp.argmin(jnp.where(candidates_valid, norms_sq, jnp.inf))
+            return candidates_valid[best], candidates[best]
+
+        valid, exact = lax.cond(valid, lambda _: (valid, exact), every_support, None)
     return jnp.where(jnp.sum(active) == 2, pair, jnp.where(valid, exact, iterated))
 
 

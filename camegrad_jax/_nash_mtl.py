@@ -37,13 +37,13 @@ class NashMTLState(NamedTuple):
     normalised_weights: jax.Array  # (K,) float32, α·sqrt(tr G): the next solve's warm start.
     step: jax.Array  # () int32, updates seen; α is recomputed when step % every == 0.
     solver_iterations: jax.Array  # () int32, Newton steps of the last solve.
-    residual: jax.Array  # () float32, ‖Gα − 1/α‖ / ‖1/α‖ of the last solve (trace-normalised G).
+    residual: jax.Array  # () float32, ‖Cβ − 1/β‖ / ‖1/β‖ of the last solve (see `solve_nash`).
 
 
 class NashSolution(NamedTuple):
     weights: jax.Array  # (K,) α on the trace-normalised Gram matrix; 0 for zero gradients.
     iterations: jax.Array  # () int32.
-    residual: jax.Array  # () relative residual of Gα = 1/α.
+    residual: jax.Array  # () relative residual of Cβ = 1/β (C the cosine matrix, β_i = ‖h_i‖α_i).
 
 
 def _objective(alpha: jax.Array, gram: jax.Array) -> jax.Array:
@@ -55,8 +55,10 @@ def solve_nash(gram: jax.Array, init: jax.Array, maxiter: int | jax.Array) -> Na
 
     Tasks with a zero gradient (no solution: :math:`(G\alpha)_i = 0`) are left out and get
     α_i = 0. Where 0 lies in the convex hull of the other gradients there is no solution either
-    (f is unbounded below); α then grows by less than a factor 2 per step, and stays capped at
-    1/ε, so that everything remains finite.
+    (f is unbounded below); α then grows by less than a factor 2 per step, and ‖h_i‖α_i stays
+    capped at 1/ε, so that everything remains finite. The Newton steps run on the cosine matrix
+    (see the comment in the code), so a task whose gradient is orders of magnitude smaller than
+    the others' is solved as accurately as they are.
 
     Args:
       gram: (K, K) Gram matrix divided by its trace.
@@ -70,13 +72,23 @@ def solve_nash(gram: jax.Array, init: jax.Array, maxiter: int | jax.Array) -> Na
     dtype = gram.dtype
     eps = jnp.finfo(dtype).eps
     norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
-    active = norms > 64 * eps * jnp.max(norms)
+    # A zero gradient, or one so small that its Gram entries lose precision to underflow (a
+    # squared norm below tiny/ε, trace G being 1). Not relative to the largest norm: a task a
+    # million times smaller than another still has its exact equation on the cosine matrix.
+    active = norms > jnp.sqrt(jnp.finfo(dtype).tiny / eps)
     both = active[:, None] & active[None, :]
-    # Inactive tasks get the decoupled equation α_i = 1/α_i, and are zeroed at the end.
-    system = jnp.where(both, gram, jnp.eye(num_tasks, dtype=dtype))
+    inverse_norms = jnp.where(active, 1.0 / jnp.where(active, norms, 1.0), 0.0)
+    # Equilibrated: with D = diag(‖h_i‖), the cosine matrix C = D⁻¹GD⁻¹ and β = Dα, the system
+    # Gα = 1/α is exactly Cβ = 1/β. The Newton steps run on C, whose conditioning does not
+    # depend on how far apart the tasks' gradient norms are (on G, a task 1e6 times smaller
+    # than another would be solved to a relative accuracy of 1e12·ε).
+    cosine = gram * inverse_norms[:, None] * inverse_norms[None, :]
+    # Inactive tasks get the decoupled equation β_i = 1/β_i, and are zeroed at the end.
+    system = jnp.where(both, cosine, jnp.eye(num_tasks, dtype=dtype))
     lower, upper = eps, 1.0 / eps
-    # α_i ∝ 1/‖h_i‖ solves the orthogonal case (factor 1) and the collinear one (factor K^-1/2).
-    guess = jnp.where(active, 1.0 / (jnp.where(active, norms, 1.0) * num_tasks**0.25), 1.0)
+    # β_i = 1 solves the orthogonal case (factor 1) and the collinear one (factor K^-1/2).
+    guess = jnp.full((num_tasks,), num_tasks**-0.25, dtype)
+    init = jnp.where(active, init * norms, init)
     init = jnp.clip(jnp.where(jnp.isfinite(init) & (init > 0), init, guess), lower, upper)
     start = jnp.where(_objective(init, system) < _objective(guess, system), init, guess)
     tol = jnp.sqrt(eps)
@@ -86,23 +98,23 @@ def solve_nash(gram: jax.Array, init: jax.Array, maxiter: int | jax.Array) -> Na
         return (iteration < maxiter) & (decrement > tol)
 
     def newton_step(carry):
-        alpha, iteration, _ = carry
-        gradient = system @ alpha - 1.0 / alpha
-        hessian = system + jnp.diag(1.0 / alpha**2)
+        beta, iteration, _ = carry
+        gradient = system @ beta - 1.0 / beta
+        hessian = system + jnp.diag(1.0 / beta**2)
         delta = -jnp.linalg.solve(hessian, gradient)
         decrement = jnp.sqrt(jnp.maximum(-gradient @ delta, 0.0))
         # Damped while far (the step stays inside the Dikin ellipsoid), full once close.
         step = jnp.where(decrement > 0.25, 1.0 / (1.0 + decrement), 1.0)
-        alpha = jnp.clip(alpha + step * delta, lower, upper)
-        return alpha, iteration + 1, decrement
+        beta = jnp.clip(beta + step * delta, lower, upper)
+        return beta, iteration + 1, decrement
 
-    alpha, iterations, _ = lax.while_loop(
+    beta, iterations, _ = lax.while_loop(
         keep_going,
         newton_step,
         (start.astype(dtype), jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, dtype)),
     )
-    residual = jnp.linalg.norm(system @ alpha - 1.0 / alpha) / jnp.linalg.norm(1.0 / alpha)
-    return NashSolution(jnp.where(active, alpha, 0.0), iterations, residual)
+    residual = jnp.linalg.norm(system @ beta - 1.0 / beta) / jnp.linalg.norm(1.0 / beta)
+    return NashSolution(beta * inverse_norms, iterations, residual)
 
 
 def nash_mtl_weighting(
