@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from helpers.rrg_tiny import TINY_DATA_FLAGS, TINY_FLAGS
-from test_model import TINY, make_batch
+from helpers.tiny_model import TINY, make_batch
 
 from camegrad_jax.rrg.aux_tasks import (
     AlignedRRGModel,
