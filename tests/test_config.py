@@ -15,6 +15,7 @@ from helpers.gradient_method_checks import (
     rel_err,
     run,
 )
+from helpers.official_references import numpy_config, unit
 
 from camegrad_jax._config import config
 
@@ -22,20 +23,6 @@ DIM = 16
 # torchjd's tests/unit/aggregation/test_values.py: ConFIG() on J_base.
 J_BASE = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
 TORCHJD_OUTPUT = np.array([0.1588, 2.0706, 2.0706])
-
-
-def unit(v):
-    norm = np.linalg.norm(v, axis=-1, keepdims=True)
-    return np.where(norm > 0, v / np.where(norm > 0, norm, 1.0), 0.0)
-
-
-def numpy_config(grads, weights=None):
-    """The official ``ConFIG_update``: least-squares direction from the unit gradients, then
-    ``ProjectionLength`` on the weighted gradients."""
-    weights = np.ones(len(grads)) if weights is None else np.asarray(weights)
-    direction, *_ = np.linalg.lstsq(unit(grads), weights, rcond=None)
-    direction = unit(direction)
-    return np.sum((weights[:, None] * grads) @ direction) * direction
 
 
 def numpy_config_double(g1, g2, w1=1.0, w2=1.0):

@@ -16,6 +16,7 @@ from helpers.gradient_method_checks import (
     property_batch,
     run,
 )
+from helpers.official_references import numpy_gradvac
 
 import camegrad_jax as cg
 from camegrad_jax._gradvac import gradvac
@@ -25,29 +26,6 @@ K = 3
 # torchjd's tests/unit/aggregation/test_values.py: PCGrad() on J_base, GradVac's first step.
 J_BASE = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
 TORCHJD_PCGRAD = np.array([0.5848, 3.8012, 3.8012])
-
-
-def numpy_gradvac(h, groups, targets, orders, beta):
-    """One step of Algorithm 1 (Equations 2 and 3) for every parameter group (index arrays).
-
-    Returns the update and the new targets (G, K, K)."""
-    adjusted, new_targets = h.copy(), targets.copy()
-    for i in range(len(h)):
-        for j in orders[i]:
-            if j == i:
-                continue
-            for g, index in enumerate(groups):
-                own, other = adjusted[i, index], h[j, index]
-                own_norm, other_norm = np.linalg.norm(own), np.linalg.norm(other)
-                nonzero = own_norm > 0 and other_norm > 0
-                phi = np.clip(own @ other / (own_norm * other_norm), -1, 1) if nonzero else 0.0
-                target = targets[g, i, j]
-                if nonzero and phi < target:
-                    gap = target * np.sqrt(1 - phi**2) - phi * np.sqrt(1 - target**2)
-                    weight = own_norm * gap / (other_norm * np.sqrt(1 - target**2))
-                    adjusted[i, index] += weight * other
-                new_targets[g, i, j] = (1 - beta) * target + beta * phi
-    return adjusted.sum(axis=0), new_targets
 
 
 @functools.cache

@@ -14,20 +14,12 @@ from helpers.gradient_method_checks import (
     rel_err,
     run,
 )
+from helpers.official_references import numpy_imtl_g
 
 from camegrad_jax._imtl_g import imtl_g
 
 DIM = 16
 EPS32 = float(np.finfo(np.float32).eps)
-
-
-def numpy_imtl_g(h):
-    """Section 3.2 of the paper: α_{2:K} = g_1 Uᵀ (D Uᵀ)^{-1}, α_1 = 1 − Σ α_{2:K}."""
-    units = h / np.linalg.norm(h, axis=1, keepdims=True)
-    differences = h[0] - h[1:]
-    unit_differences = units[0] - units[1:]
-    rest = h[0] @ unit_differences.T @ np.linalg.inv(differences @ unit_differences.T)
-    return np.concatenate([[1 - rest.sum()], rest]) @ h
 
 
 @functools.cache

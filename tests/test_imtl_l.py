@@ -25,9 +25,7 @@ def reference(values, learning_rate, init_log_scale, task_weights):
     derivatives, log_scales = [], []
     for losses in values:
         weighted = task_weights * losses
-        derivatives.append(
-            numeric_gradient(lambda x, s=s: objective(task_weights * x, s), losses)
-        )
+        derivatives.append(numeric_gradient(lambda x, s=s: objective(task_weights * x, s), losses))
         s = s - learning_rate * numeric_gradient(lambda v, w=weighted: objective(w, v), s)
         log_scales.append(s)
     return np.array(derivatives), np.array(log_scales)

@@ -17,6 +17,7 @@ from helpers.gradient_method_checks import (
     property_batch,
     run,
 )
+from helpers.official_references import numpy_krum
 
 import camegrad_jax as cg
 from camegrad_jax._krum import krum, krum_coefficients
@@ -29,17 +30,6 @@ J_KRUM = np.array(
 )
 TORCHJD_OUTPUT = np.array([1.25, 0.75, 1.5])
 TORCHJD_WEIGHTS = np.array([0.25, 0.25, 0.0, 0.25, 0.25])
-
-
-def numpy_krum(h, n_byzantine, n_selected):
-    """Definition 1 of the paper (Multi-Krum: the mean of the m best-scored), with squared
-    distances to the K − f − 2 nearest other proposals."""
-    scores = []
-    for i, v in enumerate(h):
-        others = [np.sum((v - w) ** 2) for j, w in enumerate(h) if j != i]
-        scores.append(sum(sorted(others)[: len(h) - n_byzantine - 2]))
-    chosen = np.argsort(scores, kind="stable")[:n_selected]
-    return h[chosen].mean(axis=0)
 
 
 @functools.cache

@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 from helpers.loss_testing import rel_err, run_steps
+from helpers.official_references import official_min_norm_of_two
 
 import camegrad_jax as cg
 from camegrad_jax._mmpareto import mmpareto
@@ -18,14 +19,6 @@ from camegrad_jax._mmpareto import mmpareto
 # The official code (GeWu-Lab/MMPareto_ICML2024, code/MMPareto.py and min_norm_solvers.py) for
 # one encoder shared by two losses, in NumPy.
 # ---------------------------------------------------------------------------------------------
-
-
-def official_min_norm_of_two(v11, v12, v22):
-    if v12 >= v11:
-        return 0.999
-    if v12 >= v22:
-        return 0.001
-    return -1.0 * ((v12 - v22) / (v11 + v22 - 2 * v12))
 
 
 def official_step(leaves, gamma=1.5):

@@ -11,40 +11,12 @@ import pytest
 from helpers.gradient_method_checks import check_bfloat16, property_batch, rel_err
 from helpers.gradient_method_checks import run as run_batch
 from helpers.loss_testing import random_problem, run_steps
+from helpers.official_references import modo_official_run as official_run
 
 import camegrad_jax as cg
 from camegrad_jax._modo import modo
 
 T, K, D = 6, 3, 8
-
-
-def projection2simplex(y):
-    """The official `_projection2simplex` (MGDA's sort-based routine), in NumPy."""
-    m = len(y)
-    sorted_y = np.sort(y)[::-1]
-    tmpsum = 0.0
-    tmax_f = (np.sum(y) - 1.0) / m
-    for i in range(m - 1):
-        tmpsum += sorted_y[i]
-        tmax = (tmpsum - 1) / (i + 1.0)
-        if tmax > sorted_y[i + 1]:
-            tmax_f = tmax
-            break
-    return np.maximum(y - tmax_f, 0.0)
-
-
-def official_run(zetas, gamma, rho, xi1=None, xi2=None, task_weights=None):
-    """The official `MoDo.backward` λ step and the update Σ λ_i ζ_i, step by step (float64)."""
-    w = np.ones(zetas.shape[1]) if task_weights is None else task_weights
-    lambd = np.ones(zetas.shape[1]) / zetas.shape[1]
-    updates, lambdas = [], []
-    for t, zeta in enumerate(zetas):
-        g0 = w[:, None] * (zeta if xi1 is None else xi1[t])
-        g1 = w[:, None] * (zeta if xi2 is None else xi2[t])
-        lambd = projection2simplex(lambd - gamma * (g0 @ (g1.T @ lambd) + rho * lambd))
-        updates.append(lambd @ (w[:, None] * zeta))
-        lambdas.append(lambd)
-    return np.stack(updates), np.stack(lambdas)
 
 
 def test_steps_follow_the_official_code():

@@ -18,35 +18,12 @@ from helpers.gradient_method_checks import (
     rel_err,
     run,
 )
+from helpers.official_references import numpy_pcgrad
 
 from camegrad_jax._pcgrad import pcgrad
 
 DIM = 16
 SEED = {"seed": 0}
-
-
-def numpy_pcgrad(h, order, *, skip_self=True):
-    """Algorithm 1 of the paper in parameter space, task i meeting the others in order[i].
-
-    Batched: h is (..., K, D) and order (..., K, K). `skip_self=False` is the rule the paper
-    excludes (j = i projected too); the tests use it only to show that a case tells them apart.
-    """
-    h, order = np.asarray(h, np.float64), np.asarray(order)
-    total = np.zeros(h.shape[:-2] + h.shape[-1:])
-    for i in range(h.shape[-2]):
-        g = h[..., i, :].copy()
-        for position in range(h.shape[-2]):
-            j = order[..., i, position]
-            h_j = np.take_along_axis(h, j[..., None, None], axis=-2)[..., 0, :]
-            inner = np.sum(g * h_j, axis=-1)
-            conflict = inner < 0
-            if skip_self:
-                conflict &= j != i
-            norm_sq = np.sum(h_j * h_j, axis=-1)  # > 0 wherever inner < 0
-            step = np.divide(inner, norm_sq, out=np.zeros_like(inner), where=conflict)
-            g = g - step[..., None] * h_j
-        total += g
-    return total
 
 
 def seeded_state(grads, seeds):

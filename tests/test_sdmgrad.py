@@ -11,53 +11,13 @@ import pytest
 from helpers.gradient_method_checks import check_bfloat16, check_properties, property_batch, rel_err
 from helpers.gradient_method_checks import run as run_batch
 from helpers.loss_testing import random_problem, run_steps
+from helpers.official_references import OfficialSDMGrad
+from helpers.official_references import sdmgrad_official_run as official_run
 
 import camegrad_jax as cg
 from camegrad_jax._sdmgrad import sdmgrad
 
 T, K, D = 6, 3, 8
-
-
-def euclidean_proj_simplex(v):
-    """Duchi et al.'s sort-based projection onto the simplex, as in the official code."""
-    u = np.sort(v)[::-1]
-    cssv = np.cumsum(u)
-    rho = np.nonzero(u * np.arange(1, len(v) + 1) > (cssv - 1))[0][-1]
-    theta = (cssv[rho] - 1) / (rho + 1.0)
-    return np.maximum(v - theta, 0)
-
-
-class OfficialSDMGrad:
-    """`SDMGrad.sdmgrad` and `overwrite_grad` in float64; `eps` is the official 1e-4 added to the
-    squared task norms (0: this library's exact normalisation), `learning_rate` the official 10
-    (None: this library's default, the inverse of the normalised Gram matrix's spectral norm)."""
-
-    def __init__(self, num_tasks, lamda, niter, eps=0.0, learning_rate=10.0):
-        self.w = np.ones(num_tasks) / num_tasks
-        self.lamda, self.niter, self.eps, self.lr = lamda, niter, eps, learning_rate
-
-    def step(self, zeta, xi1=None, xi2=None):
-        xi1 = zeta if xi1 is None else xi1
-        xi2 = zeta if xi2 is None else xi2
-        gram = xi1 @ xi2.T
-        scale = np.mean(np.sqrt(np.maximum(np.diag(gram), 0) + self.eps))
-        gram = gram / scale**2
-        gram_g = gram.mean(axis=1)
-        lr = 1 / np.linalg.norm(gram, 2) if self.lr is None else self.lr
-        w, buf = self.w, None
-        for _ in range(self.niter):  # torch.optim.SGD(lr, momentum=0.5), fresh each call
-            grad = gram @ w + self.lamda * gram_g
-            buf = grad if buf is None else 0.5 * buf + grad
-            w = euclidean_proj_simplex(w - lr * buf)
-        self.w = w
-        g = (w @ zeta + self.lamda * zeta.mean(axis=0)) / (1 + self.lamda)
-        return len(zeta) * g, w
-
-
-def official_run(grads, lamda, niter, eps=0.0, learning_rate=10.0):
-    official = OfficialSDMGrad(grads.shape[1], lamda, niter, eps, learning_rate)
-    updates, weights = zip(*(official.step(g) for g in grads), strict=True)
-    return np.stack(updates), np.stack(weights)
 
 
 def test_steps_follow_the_official_code():

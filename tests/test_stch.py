@@ -36,9 +36,9 @@ class OfficialSTCH:
         nadir = self.total / self.warmup_steps
         top = np.max(np.log(losses / nadir + 1e-20))  # `.detach()`-ed: a constant
         k = len(losses)
-        return lambda x: self.mu * np.log(
-            np.sum(np.exp((np.log(x / nadir + 1e-20) - top) / self.mu))
-        ) * k
+        return lambda x: (
+            self.mu * np.log(np.sum(np.exp((np.log(x / nadir + 1e-20) - top) / self.mu))) * k
+        )
 
 
 def test_reference_reproduces_torchjd_fixed_values():
@@ -60,9 +60,7 @@ def test_update_is_the_gradient_of_torchjds_scalarization(seed):
         cg.stch, values, mu=mu, task_weights=weights, reference=reference
     )
     for losses, derivative in zip(values, derivatives, strict=True):
-        expected = numeric_gradient(
-            lambda x: smooth_tchebycheff(x, mu, weights, reference), losses
-        )
+        expected = numeric_gradient(lambda x: smooth_tchebycheff(x, mu, weights, reference), losses)
         np.testing.assert_allclose(derivative, expected, rtol=1e-5, atol=1e-9)
 
 

@@ -17,14 +17,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_config import numpy_config
-from test_gradvac import numpy_gradvac
-from test_imtl_g import numpy_imtl_g
-from test_krum import numpy_krum
-from test_mmpareto import official_min_norm_of_two
-from test_modo import official_run as modo_run
-from test_pcgrad import numpy_pcgrad
-from test_sdmgrad import official_run as sdmgrad_run
+from helpers.official_references import (
+    modo_official_run as modo_run,
+)
+from helpers.official_references import (
+    numpy_config,
+    numpy_gradvac,
+    numpy_imtl_g,
+    numpy_krum,
+    numpy_pcgrad,
+    official_min_norm_of_two,
+)
+from helpers.official_references import (
+    sdmgrad_official_run as sdmgrad_run,
+)
 
 import camegrad_jax as cg
 

@@ -25,8 +25,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
-
 from camegrad_jax.rrg.aux_tasks import AUX_TASKS
 from camegrad_jax.rrg.compare import run_comparison
 from camegrad_jax.rrg.compare_plan import (
@@ -42,7 +40,7 @@ from camegrad_jax.rrg.config import TrainConfig
 from camegrad_jax.rrg.optim import available_methods
 from camegrad_jax.rrg.restore import evaluate_run, saved_config
 from camegrad_jax.rrg.results import RunResults
-from camegrad_jax.rrg.rundir import check_writable
+from camegrad_jax.rrg.rundir import check_writable, persistent_compilation_cache
 from camegrad_jax.rrg.synthetic import SyntheticConfig, write_r2gen_layout
 from camegrad_jax.rrg.train import TrainingDiverged, train
 
@@ -251,8 +249,11 @@ def _format_metrics(metrics: dict[str, Any]) -> str:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    if args.compilation_cache:
-        jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
+    with persistent_compilation_cache(args.compilation_cache):
+        return _train_command(args)
+
+
+def _train_command(args: argparse.Namespace) -> int:
     given = _given_config_fields(args)
     if args.resume:
         config = saved_config(args.save_dir).replace(**given, save_dir=args.save_dir)
@@ -469,8 +470,11 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_compare(args: argparse.Namespace) -> int:
     cache = args.compilation_cache or str(Path(args.out) / ".jax_cache")
-    if cache.lower() != "none":
-        jax.config.update("jax_compilation_cache_dir", cache)
+    with persistent_compilation_cache(None if cache.lower() == "none" else cache):
+        return _compare_command(args)
+
+
+def _compare_command(args: argparse.Namespace) -> int:
     fields = {**(QUICK_FIELDS if args.quick else {}), **_given_config_fields(args)}
     options: dict[str, Any] = {}
     if args.quick:

@@ -44,7 +44,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
@@ -52,6 +51,7 @@ import numpy as np
 from camegrad_jax.rrg.compare import run_comparison
 from camegrad_jax.rrg.compare_plan import BASELINE, CAMEGRAD, SUMMARY_FILE, CompareConfig
 from camegrad_jax.rrg.config import TrainConfig
+from camegrad_jax.rrg.rundir import persistent_compilation_cache
 
 __all__ = [
     "REDUCED_FIELDS",
@@ -417,19 +417,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     out = Path(args.out)
-    # Runs that differ only in their seed compile the same programs: load them from disk.
-    jax.config.update("jax_compilation_cache_dir", str(out / ".jax_cache"))
     by_name = {v.name: v for v in VARIANTS}
     chosen = [] if args.variants == "none" else args.variants.split(",")
     unknown = [name for name in chosen if name not in by_name]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose among {list(by_name)}")
+    # Runs that differ only in their seed compile the same programs: load them from disk.
+    with persistent_compilation_cache(out / ".jax_cache"):
+        return _run(args, out, [by_name[name] for name in chosen])
+
+
+def _run(args: argparse.Namespace, out: Path, chosen: list) -> int:
     seeds = tuple(int(s) for s in args.seeds.split(","))
-    for name in chosen:
+    for variant in chosen:
         fields = {} if args.full else REDUCED_FIELDS
-        for config in compare_configs(by_name[name], out, seeds=seeds, fields=fields):
+        for config in compare_configs(variant, out, seeds=seeds, fields=fields):
             run_comparison(config, progress=False)
-        print(f"{name}: done", flush=True)
+        print(f"{variant.name}: done", flush=True)
     markdown = Path(args.doc) if args.doc else out / "rigidity.md"
     markdown.parent.mkdir(parents=True, exist_ok=True)
     rows = rigidity_rows(_load_summaries(out, "linear"), _load_summaries(out, "alpha"))

@@ -26,17 +26,20 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import socket
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+from jax.experimental.compilation_cache import compilation_cache
 
 __all__ = [
     "LOCK_FILE",
@@ -44,10 +47,41 @@ __all__ = [
     "check_writable",
     "data_fingerprint",
     "fingerprint_changes",
+    "persistent_compilation_cache",
     "resolve_data_paths",
 ]
 
 LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def persistent_compilation_cache(folder: str | Path | None) -> Iterator[None]:
+    """JAX's persistent compilation cache in ``folder`` for the block (None: left as it is).
+
+    Afterwards the setting is what it was: a command run in-process (from a notebook or a
+    test) does not leave every later compilation of the process writing to its cache.
+
+    Examples:
+      >>> import jax
+      >>> from camegrad_jax.rrg.rundir import persistent_compilation_cache
+      >>> before = jax.config.jax_compilation_cache_dir
+      >>> with persistent_compilation_cache("/tmp/camegrad-doctest-cache"):
+      ...     jax.config.jax_compilation_cache_dir
+      '/tmp/camegrad-doctest-cache'
+      >>> jax.config.jax_compilation_cache_dir == before
+      True
+    """
+    if folder is None:
+        yield
+        return
+    previous = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    compilation_cache.reset_cache()  # The cache may have been checked (and off) already.
+    try:
+        yield
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
+        compilation_cache.reset_cache()
 
 
 def check_writable(folder: str | Path, what: str) -> Path:

@@ -9,18 +9,15 @@ the same program hits the on-disk cache, never the in-memory one.
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
-import jax
 import orbax.checkpoint as ocp
-from jax._src import compilation_cache
 
 from camegrad_jax.rrg import checkpoint as ckpt
 from camegrad_jax.rrg.config import TrainConfig
+from camegrad_jax.rrg.rundir import persistent_compilation_cache
 
 # 64 training studies in batches of 8 (8 steps an epoch), 16x16 images, one layer each way.
 TINY_FIELDS = {
@@ -67,17 +64,9 @@ def tiny_config(save_dir: Path | str, **changes) -> TrainConfig:
     return TrainConfig(save_dir=str(save_dir), **{**TINY_FIELDS, **changes})
 
 
-@contextlib.contextmanager
-def compilation_cache_enabled() -> Iterator[None]:
+def compilation_cache_enabled():
     """JAX's persistent compilation cache in a fixed temporary folder, for the block."""
-    previous = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(COMPILATION_CACHE_DIR))
-    compilation_cache.reset_cache()  # The cache may have been checked (and off) already.
-    try:
-        yield
-    finally:
-        jax.config.update("jax_compilation_cache_dir", previous)
-        compilation_cache.reset_cache()
+    return persistent_compilation_cache(COMPILATION_CACHE_DIR)
 
 
 class Interrupted(BaseException):

@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from helpers.rrg_tiny import (
@@ -227,9 +228,12 @@ def test_rerun_reuses_finished_runs(quick_out, summary, capsys, tmp_path):
     moved = tmp_path / "moved"  # A moved output folder is still reused.
     shutil.copytree(quick_out, moved)
     argv = ["compare", "--quick", "--out", str(moved), *TINY_FLAGS, *TINY_DATA_FLAGS]
-    argv += ["--compilation-cache", str(COMPILATION_CACHE_DIR), "--noise-batches", "3"]
+    argv += ["--compilation-cache", str(tmp_path / "cache"), "--noise-batches", "3"]
     argv += ["--bootstrap-resamples", "500"]
     assert main(argv) == 0
+    # The command's cache was for the command only: the process's setting is back (a leaked
+    # one would make every later compilation of this process write to it).
+    assert jax.config.jax_compilation_cache_dir == str(COMPILATION_CACHE_DIR)
     again = json.loads((moved / SUMMARY_FILE).read_text())
     assert {r["how"] for r in again["runs"]} == {"reused"}
     assert again["table"] == summary["table"]
