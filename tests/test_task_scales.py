@@ -311,7 +311,8 @@ def _mmpareto_reference(h, gamma=1.5):
     if np.all(gram[~np.eye(len(h), dtype=bool)] > 0):
         direction = joint
     elif len(h) == 2:
-        direction = 2 * official_min_norm_of_two(gram[0, 0], gram[0, 1], gram[1, 1]) @ h
+        weight = official_min_norm_of_two(gram[0, 0], gram[0, 1], gram[1, 1])
+        direction = 2 * np.array([weight, 1 - weight]) @ h
     else:
         direction = len(h) * _min_norm_graded(h) @ h
     return gamma * max(np.linalg.norm(joint) / np.linalg.norm(direction), 1.0) * direction
