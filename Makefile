@@ -24,8 +24,10 @@ demo: $(STAMP)
 	$(VENV)/bin/camegrad-rrg compare --quick --out runs/demo
 
 # Two workers, one test file each at a time (module fixtures such as the tiny comparison run once).
+# A crashed worker is not replaced: pytest-xdist 3.8 can hang at the end of a loadfile run after
+# a replacement, so a crash fails the run at once instead.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --max-worker-restart=0
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

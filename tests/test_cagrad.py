@@ -79,10 +79,13 @@ def test_matches_slsqp_dual_and_official_rescaling():
         h = w[:, None] * grads
         expected = official_cagrad(h, c, rescale)
         assert rel_err(update, expected) <= 1e-4, (c, rescale)
-        # The exact enumeration of active sets (tests/helpers/references.py) agrees with SLSQP.
+        # The exact enumeration of active sets (tests/helpers/references.py): the update agrees
+        # with it to float32 round-off. SLSQP stops within its own tolerance of the optimum (seen
+        # 1.6e-5 away with scipy 1.17), so it is held to 1e-4 only.
         divisor = {0: 1.0, 1: 1 + c**2, 2: 1 + c}[rescale]
         exact = NUM_TASKS * references.conflict_averse_direction(h, c) / divisor
-        assert rel_err(expected, exact) <= 1e-6
+        assert rel_err(update, exact) <= 2e-6, (c, rescale)
+        assert rel_err(expected, exact) <= 1e-4, (c, rescale)
     assert np.all(np.asarray(state.method_state.duality_gap) <= 1e-5)
 
 

@@ -311,8 +311,13 @@ def _mmpareto_reference(h, gamma=1.5):
     if np.all(gram[~np.eye(len(h), dtype=bool)] > 0):
         direction = joint
     elif len(h) == 2:
-        weight = official_min_norm_of_two(gram[0, 0], gram[0, 1], gram[1, 1])
-        direction = 2 * np.array([weight, 1 - weight]) @ h
+        v11, v12, v22 = gram[0, 0], gram[0, 1], gram[1, 1]
+        weight = official_min_norm_of_two(v11, v12, v22)
+        # The second weight as (v11 − v12) / spread: 1 − weight cancels when the norms are far
+        # apart (the weight is then within ulps of 1).
+        clipped = weight in (0.999, 0.001) and (v12 >= v11 or v12 >= v22)
+        complement = 1 - weight if clipped else (v11 - v12) / (v11 + v22 - 2 * v12)
+        direction = 2 * np.array([weight, complement]) @ h
     else:
         direction = len(h) * _min_norm_graded(h) @ h
     return gamma * max(np.linalg.norm(joint) / np.linalg.norm(direction), 1.0) * direction
