@@ -21,6 +21,9 @@ NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 DEFAULT_CELL_TIMEOUT_S = 600
 CELL_TIMEOUT_S: dict[str, int] = {}  # notebook file name -> nbclient's per-cell timeout
+# Notebooks whose small run only repeats what a default test already covers, run under -m slow:
+# 02 is `run_comparison` on a tiny model (about 100 s), as tests/rrg/test_compare.py's fixture is.
+SLOW_NOTEBOOKS = {"02_rrg_reference.ipynb"}
 
 
 def load_strip_outputs():
@@ -57,7 +60,14 @@ def test_notebook_is_stripped(path):
     )
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(path, marks=pytest.mark.slow) if path.name in SLOW_NOTEBOOKS else path
+        for path in NOTEBOOKS
+    ],
+    ids=lambda path: path.name,
+)
 def test_notebook_runs(path, this_interpreter_kernel, monkeypatch):
     monkeypatch.setenv("CAMEGRAD_NOTEBOOK_SMALL", "1")
     notebook = nbformat.read(path, as_version=4)
