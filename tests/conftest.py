@@ -6,16 +6,20 @@ import gc
 import os
 
 # XLA:CPU's intra-op thread pool deadlocks on small machines (jaxlib 0.10): a batched
-# eigendecomposition (LAPACK through `jax::ParallelBatchMap`) runs on a pool worker, fans its
-# batch out into the same pool and blocks on a counter; with two workers and two such operations
-# in flight (a vmapped update that calls `eigvalsh` twice), every worker waits for a free worker
-# and the test hangs at 0 % CPU (seen on this project's 2-core CI; docs/performance.md). Each
-# xdist worker already has a core of its own, so the pool buys nothing here.
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-).strip()
+# eigendecomposition large enough to be split (LAPACK through `jax::ParallelBatchMap`, e.g. a
+# vmapped K = 8 update solving on all 255 supports) runs on a pool worker, schedules its chunks
+# on the same pool and blocks until they are done. With two workers and two such operations in
+# flight, every worker waits for a free one and the test hangs at 0 % CPU (seen on this
+# project's 2-core CI; docs/performance.md). A pool of one worker runs every batch inline, and
+# the pool's size is the process's CPU affinity when JAX starts its CPU backend: each xdist
+# worker is pinned to a CPU of its own, which is also how two workers share two cores best.
+_cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+if _cpus:
+    _worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    _index = int(_worker[2:]) if _worker[2:].isdigit() else 0
+    os.sched_setaffinity(0, {_cpus[_index % len(_cpus)]})
 
-import jax  # noqa: E402  (after XLA_FLAGS: the flags are read when the CPU backend starts)
+import jax  # noqa: E402  (the CPU backend is started later, at the first computation)
 import pytest  # noqa: E402
 
 # Every executable XLA:CPU compiles keeps its machine code in memory mappings of its own (about
