@@ -5,6 +5,9 @@ from __future__ import annotations
 import gc
 import os
 
+import jax
+import pytest
+
 # XLA:CPU's intra-op thread pool deadlocks on small machines (jaxlib 0.10): a batched
 # eigendecomposition large enough to be split (LAPACK through `jax::ParallelBatchMap`, e.g. a
 # vmapped K = 8 update solving on all 255 supports) runs on a pool worker, schedules its chunks
@@ -12,15 +15,21 @@ import os
 # flight, every worker waits for a free one and the test hangs at 0 % CPU (seen on this
 # project's 2-core CI; docs/performance.md). A pool of one worker runs every batch inline, and
 # the pool's size is the process's CPU affinity when JAX starts its CPU backend: each xdist
-# worker is pinned to a CPU of its own, which is also how two workers share two cores best.
-_cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-if _cpus:
-    _worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    _index = int(_worker[2:]) if _worker[2:].isdigit() else 0
-    os.sched_setaffinity(0, {_cpus[_index % len(_cpus)]})
+# worker is pinned to a CPU of its own (at configuration, before any test module computes),
+# which is also how two workers share two cores best.
 
-import jax  # noqa: E402  (the CPU backend is started later, at the first computation)
-import pytest  # noqa: E402
+
+def pytest_configure(config):
+    if not hasattr(os, "sched_getaffinity"):
+        return  # not Linux
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None and getattr(config.option, "numprocesses", None):
+        return  # the xdist controller: its workers, started after this, pin themselves
+    cpus = sorted(os.sched_getaffinity(0))
+    worker = workerinput["workerid"] if workerinput else "gw0"  # "gw<n>" under xdist
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+
 
 # Every executable XLA:CPU compiles keeps its machine code in memory mappings of its own (about
 # twenty for a CAME-Grad update, one per compiled code section), and JAX keeps every executable
