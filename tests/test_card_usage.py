@@ -14,7 +14,7 @@ import optax
 import pytest
 from flax import nnx
 from flax.training import train_state
-from helpers.method_registry import METHODS, Method
+from helpers.method_registry import FRAMEWORK_SAMPLE, METHODS, Method, default_or_slow
 from helpers.two_task import LinenTwoHead, NNXTwoHead, extra_args, two_task_problem
 
 import camegrad_jax as cg
@@ -43,7 +43,13 @@ def test_the_card_line_as_written():
     assert state[0].method_state.dual_weights.shape == (2,)
 
 
-@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
+# Eager, so each row costs seconds of op-by-op dispatch: one row of each kind of state by default
+# (the interop suite's sample), every row under -m slow.
+@pytest.mark.parametrize(
+    "method",
+    default_or_slow(METHODS, lambda m: m.name in FRAMEWORK_SAMPLE),
+    ids=lambda m: m.name,
+)
 def test_every_method_sizes_its_state_from_the_first_update(method):
     params, losses = two_task_problem()
     tx = optax.chain(without_task_count(method), optax.adam(1e-2))

@@ -14,39 +14,12 @@ import optax
 import pytest
 from flax import nnx
 from flax.training import train_state
-from helpers.method_registry import METHODS, Method, is_variant
+from helpers.method_registry import FRAMEWORK_SAMPLE, METHODS, default_or_slow, is_variant
 from helpers.two_task import LinenTwoHead, NNXTwoHead, extra_args, two_task_problem
 
 import camegrad_jax as cg
 
 IDS = lambda method: method.name  # noqa: E731
-
-# The framework checks (lax.scan, downstream wrappers, nnx.Optimizer, a Linen TrainState)
-# exercise how a method's state travels through them. By default they run on one row of each
-# kind of state: warm-started dual weights (camegrad), none (linear), per-leaf magnitudes
-# (mmpareto), learned weights over the whole tree (gradnorm), a loss history (famo), PRNG keys
-# (rlw, graddrop), a tracked average (gradvac), a loss-transforming head (stch); `-m slow` runs
-# them on every row.
-FRAMEWORK_SAMPLE = {
-    "camegrad",
-    "linear",
-    "mmpareto",
-    "gradnorm",
-    "famo",
-    "rlw",
-    "gradvac",
-    "graddrop",
-    "stch",
-}
-
-
-def default_or_slow(methods: list[Method], in_default_run) -> list:
-    """The parametrisation of `methods`: those `in_default_run` by default, the rest slow."""
-    return [
-        m if in_default_run(m) else pytest.param(m, marks=pytest.mark.slow, id=m.name)
-        for m in methods
-    ]
-
 
 FRAMEWORK_METHODS = default_or_slow(METHODS, lambda m: m.name in FRAMEWORK_SAMPLE)
 # Variants of a row (CAME-Grad's ablations and second solver, other options of a factory) share

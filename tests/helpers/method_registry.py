@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import optax
+import pytest
 
 import camegrad_jax as cg
 
@@ -64,3 +65,30 @@ def is_variant(method: Method) -> bool:
     if method in EXTRA_VARIANTS:
         return True
     return cg.method_info(method.name).variant_of is not None
+
+
+# The framework checks (lax.scan, downstream wrappers, nnx.Optimizer, a Linen TrainState)
+# exercise how a method's state travels through them. By default they run on one row of each
+# kind of state: warm-started dual weights (camegrad), none (linear), per-leaf magnitudes
+# (mmpareto), learned weights over the whole tree (gradnorm), a loss history (famo), PRNG keys
+# (rlw, graddrop), a tracked average (gradvac), a loss-transforming head (stch); `-m slow` runs
+# them on every row.
+FRAMEWORK_SAMPLE = {
+    "camegrad",
+    "linear",
+    "mmpareto",
+    "gradnorm",
+    "famo",
+    "rlw",
+    "gradvac",
+    "graddrop",
+    "stch",
+}
+
+
+def default_or_slow(methods: list[Method], in_default_run) -> list:
+    """The parametrisation of `methods`: those `in_default_run` by default, the rest slow."""
+    return [
+        m if in_default_run(m) else pytest.param(m, marks=pytest.mark.slow, id=m.name)
+        for m in methods
+    ]
