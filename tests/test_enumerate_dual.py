@@ -121,7 +121,19 @@ def degenerate_cases():
     yield "aligned tasks", np.outer([1.0, 2.0, 0.5], g), {}, False
 
 
-@pytest.mark.parametrize("case", list(degenerate_cases()), ids=lambda case: case[0])
+# Exactly opposite tasks at c = 0.5 with equal and with unequal weights by default; the other
+# radii, and the second radius of the one-zero-task case, under -m slow.
+_SLOW_DEGENERATE = ("opposite c=1.0", "opposite c=3.0", "one zero task c=2.0")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(case, marks=pytest.mark.slow) if case[0].startswith(_SLOW_DEGENERATE) else case
+        for case in degenerate_cases()
+    ],
+    ids=lambda case: case[0],
+)
 def test_degenerate_inputs_agree_with_jaxopt(case):
     _, grads, kwargs, without_stage2 = case
     for enhance in (True, False) if without_stage2 else (True,):
