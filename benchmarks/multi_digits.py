@@ -371,8 +371,9 @@ def select_methods(names: Sequence[str] | None) -> tuple[list, list[tuple[str, s
     if names is not None:
         unknown = sorted(set(names) - {info.name for info in cg.METHODS})
         if unknown:
-            raise SystemExit(f"Unknown methods {unknown}; registered: "
-                             f"{[info.name for info in cg.METHODS]}")
+            raise SystemExit(
+                f"Unknown methods {unknown}; registered: {[info.name for info in cg.METHODS]}"
+            )
     return chosen, skipped
 
 
@@ -417,9 +418,7 @@ def markdown(result: BenchmarkResult) -> str:
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
         "| single-task | – | "
-        + " | ".join(
-            f"{result.baseline_mean[t]:.4f} ± {result.baseline_std[t]:.4f}" for t in tasks
-        )
+        + " | ".join(f"{result.baseline_mean[t]:.4f} ± {result.baseline_std[t]:.4f}" for t in tasks)
         + " | 0 | – | – |",
     ]
     for m in sorted(result.methods, key=lambda m: -m.delta_m_mean):
