@@ -315,7 +315,7 @@ def _mmpareto_reference(h, gamma=1.5):
         weight = official_min_norm_of_two(v11, v12, v22)
         # The second weight as (v11 − v12) / spread: 1 − weight cancels when the norms are far
         # apart (the weight is then within ulps of 1).
-        clipped = weight in (0.999, 0.001) and (v12 >= v11 or v12 >= v22)
+        clipped = v12 >= v11 or v12 >= v22  # the official 0.999 / 0.001
         complement = 1 - weight if clipped else (v11 - v12) / (v11 + v22 - 2 * v12)
         direction = 2 * np.array([weight, complement]) @ h
     else:
