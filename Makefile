@@ -25,9 +25,10 @@ demo: $(STAMP)
 
 # Two workers, one test file each at a time (module fixtures such as the tiny comparison run once).
 # A crashed worker is not replaced: pytest-xdist 3.8 can hang at the end of a loadfile run after
-# a replacement, so a crash fails the run at once instead.
+# a replacement, so a crash fails the run at once instead. The 30 slowest tests are listed, so
+# that the time budget (docs/contributing.md) can be kept from what CI measured.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile --max-worker-restart=0
+	$(PY) -m pytest -q -n 2 --dist loadfile --max-worker-restart=0 --durations=30
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

@@ -6,7 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from camegrad_jax.rrg.rigidity import VARIANTS, markdown_table, rigidity_rows, write_rigidity
+from camegrad_jax.rrg.compare_plan import QUICK_FIELDS
+from camegrad_jax.rrg.rigidity import (
+    VARIANTS,
+    compare_configs,
+    main,
+    markdown_table,
+    rigidity_rows,
+    write_rigidity,
+)
 
 
 def _stat(mean):
@@ -20,7 +28,10 @@ def _runs(name: str, tests: list[dict]) -> list[dict]:
 def _linear_summary(conflict: float) -> dict:
     dynamics = {"conflict_share": _stat(conflict), "collapse_ratio_mean": _stat(0.5)}
     dynamics["cosine_mean"] = _stat(0.1)
-    tests = [{"ce_example_f1": f1, "BLEU_4": 0.05, "aux_auc_macro": 0.6} for f1 in (0.1, 0.3)]
+    tests = [
+        {"ce_example_f1": f1, "ce_example_no_nf_f1": f1 / 2, "BLEU_4": 0.05, "aux_auc_macro": 0.6}
+        for f1 in (0.1, 0.3)
+    ]
     return {
         "dynamics": {"linear": dynamics},
         "table": {"linear": {"seeds": [0, 1]}},
@@ -59,10 +70,31 @@ def test_rigidity_rows_table_and_figure(tmp_path):
     assert rows[1].at(0.5) is None and rows[1].at(0.9).ce_f1 == 0.35
     table = markdown_table(rows)
     assert table.count("\n") == 1 + len(rows)
-    assert "0.60 ± 0.01" in table and "0.200 / 0.050 / 0.600" in table
+    assert rows[0].linear.ce_f1_no_nf == pytest.approx(0.1)
+    assert rows[0].best_alpha("ce_f1_no_nf") is None  # The sweep summaries lack it.
+    assert "0.60 ± 0.01" in table and "0.200 / 0.100 / 0.050 / 0.600" in table
     assert "| – |" in table.splitlines()[-1]  # The α not run, in its own column.
     write_rigidity(rows, tmp_path / "rigidity.md", tmp_path / "rigidity.png")
     assert (tmp_path / "rigidity.png").stat().st_size > 0
     text = (tmp_path / "rigidity.md").read_text()
     assert "rigidity.png" in text and "Not measured in this table" in text
     assert {v.name for v in VARIANTS} >= set(sweeps)
+
+
+def test_settings_reach_every_run_and_the_preamble(tmp_path):
+    # The default setting is the demo's, selected by CE F1 without No Finding; the α sweep runs
+    # the loop-free solver and linear scalarization none.
+    linear, sweep = compare_configs(VARIANTS[2], tmp_path)
+    for config in (linear, sweep):
+        assert config.base.synthetic_train_size == QUICK_FIELDS["synthetic_train_size"]
+        assert config.base.epochs == QUICK_FIELDS["epochs"]
+        assert config.base.selection_metric == "ce_example_no_nf_f1"
+        assert config.base.aux == "alignment" and config.noise_methods == ()
+    assert sweep.base.method_options == {"solver": "enumerate"} and not linear.base.method_options
+    assert sweep.sweep_grid == {"alpha": (0.1, 0.2, 0.5, 0.9)}
+    # Nothing run: the table is empty, and the preamble names the setting measured.
+    assert main(["--variants", "none", "--setting", "full", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "rigidity.md").read_text()
+    assert "--setting full" in text and "default configuration" in text
+    with pytest.raises(SystemExit):
+        main(["--variants", "none", "--setting", "tiny", "--out", str(tmp_path)])
