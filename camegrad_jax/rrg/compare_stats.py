@@ -215,10 +215,19 @@ def sweep_table(records: Sequence[RunRecord], config: CompareConfig) -> dict[str
     return out
 
 
+# How the notes name each `TrainConfig.selection_metric`.
+_SELECTION_WORDS = {
+    "ce_example_f1": "val example-based CE F1",
+    "ce_example_no_nf_f1": "val example-based CE F1 without No Finding",
+    "BLEU_4": "val BLEU-4",
+}
+
+
 def comparison_notes(config: CompareConfig, records: Sequence[RunRecord]) -> list[str]:
+    selected_by = _SELECTION_WORDS[config.base.selection_metric]
     notes = [
-        "Test metrics of each run's best checkpoint (by val example-based CE F1); CE labels "
-        "both generated and reference reports with the rule-based labeler.",
+        f"Test metrics of each run's best checkpoint (by {selected_by}); CE labels both "
+        "generated and reference reports with the rule-based labeler.",
         "Mean ± std over seeds (std with ddof 1); the data set is the same for every run.",
         "Paired comparison: per-seed differences against linear scalarization, percentile "
         f"bootstrap ({config.bootstrap_resamples} resamples) of their mean; with few seeds the "
