@@ -349,6 +349,7 @@ def gram_strategies(k: int, size: int) -> dict[str, Callable[[jax.Array], jax.Ar
 
     strategies = {
         "library": lambda flat: _tree.gram_matrix([flat], jnp.float32),
+        "XLA choice": as_f32(_tree._xla_leaf_gram),
         "fused": as_f32(_tree._fused_leaf_gram),
         "matrix product": lambda flat: jnp.dot(flat, flat.T),
     }

@@ -56,6 +56,7 @@ from camegrad_jax._mmpareto import mmpareto, mmpareto_coefficients, mmpareto_wei
 from camegrad_jax._moco import MoCoState, moco
 from camegrad_jax._modo import MoDoState, modo, modo_weighting
 from camegrad_jax._nash_mtl import NashMTLState, nash_mtl, nash_mtl_weighting, solve_nash
+from camegrad_jax._native_gram import native_gram_status
 from camegrad_jax._pcd import PCDState, pcd, pcd_weighting
 from camegrad_jax._pcgrad import PCGradState, pcgrad, pcgrad_coefficients, pcgrad_weighting
 from camegrad_jax._registry import METHODS, MethodInfo, method_info, registered_methods
@@ -164,6 +165,7 @@ __all__ = [
     "stgu",
     "rotograd_scaling",
     "scale_invariant",
+    "native_gram_status",
     "sdmgrad",
     "sdmgrad_weights",
     "solve_dual",

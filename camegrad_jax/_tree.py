@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import keystr, tree_flatten_with_path
 
+from camegrad_jax import _native_gram
+
 PyTree = Any
 MaskOrFn = PyTree | Callable[[PyTree], PyTree] | None
 
@@ -168,15 +170,37 @@ def _on_one_device(leaf: jax.Array) -> bool:
 
 
 def _leaf_gram(flat: jax.Array, dtype: jnp.dtype) -> jax.Array:
-    """<g_i, g_j> over one flattened (K, n) leaf, accumulated in `dtype`, by whichever of the
-    reductions above is fastest for its shape (all are exact up to summation order).
+    """<g_i, g_j> over one flattened (K, n) leaf, accumulated in `dtype` (exact up to summation
+    order whichever way).
+
+    On a CPU, float32 leaves on one device go to the compiled Gram kernel when it is available
+    (`_native_gram`; measured at 0.16–0.6 of the XLA reductions' time for every K and leaf size
+    tried, see docs/performance.md); everything else to the XLA reductions.
+    """
+    if (
+        jax.default_backend() == "cpu"
+        and flat.dtype == jnp.float32
+        and dtype == jnp.float32
+        and _on_one_device(flat)
+        and _native_gram.available()
+    ):
+        return _native_gram.task_gram_f32(flat)
+    return _xla_leaf_gram(flat, dtype)
+
+
+def _xla_leaf_gram(flat: jax.Array, dtype: jnp.dtype, fuse_producer: bool = False) -> jax.Array:
+    """The XLA reduction fastest for the leaf's shape, of those above.
 
     The two-row form and the chunk walk were chosen from measurements on XLA:CPU. The chunk walk
     is a sequential loop: it suits a CPU's caches, not an accelerator, where each iteration would
-    be a kernel launch; there the fused reduction stays.
+    be a kernel launch; there the fused reduction stays. Both store something of the size of the
+    leaf's rows if the leaf is computed right before (rescaled, say): with `fuse_producer` the
+    fused reduction, which fuses that computation, serves instead.
     """
     num_tasks, size = flat.shape
     on_cpu = jax.default_backend() == "cpu"
+    if fuse_producer:
+        return _fused_leaf_gram(flat, dtype)
     if num_tasks == 2 and size >= _TWO_ROW_MIN_SIZE and on_cpu:
         return _two_row_leaf_gram(flat, dtype)
     if (
@@ -189,12 +213,23 @@ def _leaf_gram(flat: jax.Array, dtype: jnp.dtype) -> jax.Array:
     return _fused_leaf_gram(flat, dtype)
 
 
-def gram_matrix(leaves: Sequence[jax.Array], dtype: jnp.dtype) -> jax.Array:
-    """G_ij = Σ_leaves <g_i, g_j>, accumulated in `dtype` (≥ float32)."""
+def gram_matrix(
+    leaves: Sequence[jax.Array], dtype: jnp.dtype, *, fuse_producer: bool = False
+) -> jax.Array:
+    """G_ij = Σ_leaves <g_i, g_j>, accumulated in `dtype` (≥ float32).
+
+    `fuse_producer`: the leaves are computed just before (a rescaling, say), and the reduction
+    must fuse that computation instead of reading a stored copy of them: the fused XLA
+    reduction, never the kernel (a custom call), the chunk walk (a loop) or the two-row form.
+    """
     num_tasks = leaves[0].shape[0]
     gram = jnp.zeros((num_tasks, num_tasks), dtype)
     for leaf in leaves:
-        gram = gram + _leaf_gram(leaf.reshape(num_tasks, -1), dtype)
+        flat = leaf.reshape(num_tasks, -1)
+        if fuse_producer:
+            gram = gram + _xla_leaf_gram(flat, dtype, fuse_producer=True)
+        else:
+            gram = gram + _leaf_gram(flat, dtype)
     return gram
 
 
@@ -242,7 +277,9 @@ def gram_in_range(
         half = jnp.floor(exponent / 2)
         first, second = jnp.exp2(-half).astype(dtype), jnp.exp2(half - exponent).astype(dtype)
         scaled = [
-            gram_matrix([leaf.astype(dtype) * first * second for leaf in group], dtype)
+            gram_matrix(
+                [leaf.astype(dtype) * first * second for leaf in group], dtype, fuse_producer=True
+            )
             for group in groups
         ]
         return scaled, jnp.exp2(exponent).astype(dtype)

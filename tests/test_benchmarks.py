@@ -1,6 +1,6 @@
-"""The benchmark script runs end to end at tiny sizes and reports finite ratios (slow: it
-compiles every contender; `make test-slow`). It measures nothing: the figures are in
-`benchmarks/results-cpu.json` and the README."""
+"""The benchmark scripts run end to end at tiny sizes and report finite ratios (slow: they
+compile every contender; `make test-slow`). They measure nothing: the figures are in
+`benchmarks/results-*.json`, docs/performance.md and the README."""
 
 from __future__ import annotations
 
@@ -37,3 +37,18 @@ def test_quick_benchmark_runs_and_reports_finite_ratios(tmp_path):
     assert ratios and all(math.isfinite(r) and r > 0 for r in ratios)
     # The dual solver reaches SLSQP's objective (up to float32 round-off) on every problem.
     assert all(row["objective_advantage_min"] > -1e-5 for row in results["dual"])
+
+
+BREAKDOWN_SCRIPT = SCRIPT.with_name("update_breakdown.py")
+
+
+@pytest.mark.slow
+def test_update_breakdown_runs_and_reports_finite_ratios(tmp_path):
+    spec = importlib.util.spec_from_file_location("update_breakdown", BREAKDOWN_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--tasks", "3", "--sizes", "40000", "--rounds", "3", "--json", str(tmp_path / "b.json")]
+    (row,) = module.main(argv)["rows"]
+    assert "camegrad update (XLA Gram)" in row["over_linear"]
+    assert all(math.isfinite(r) and r > 0 for r in row["over_linear"].values())
+    assert (tmp_path / "b.json").exists()

@@ -1,5 +1,7 @@
-"""The Gram reduction over stacked gradients (`camegrad_jax._tree`): each of its strategies
-against a float64 reference, and the choice between them."""
+"""The Gram reduction over stacked gradients (`camegrad_jax._tree`): each of its XLA strategies
+against a float64 reference, and the choice between them. The compiled CPU kernel, which takes
+float32 leaves on a CPU when it is available, is tested in test_native_gram.py; here it is off,
+as where no compiler is found."""
 
 from __future__ import annotations
 
@@ -9,12 +11,17 @@ import numpy as np
 import pytest
 
 import camegrad_jax as cg
-from camegrad_jax import _tree
+from camegrad_jax import _native_gram, _tree
 
 CHUNK = _tree._GRAM_CHUNK
 MIN_SIZE = _tree._CHUNKED_GRAM_MIN_CHUNKS * CHUNK
 TWO_ROW_MIN = _tree._TWO_ROW_MIN_SIZE
 ON_CPU = jax.default_backend() == "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _xla_reductions_only(monkeypatch):
+    monkeypatch.setattr(_native_gram, "available", lambda: False)
 
 
 def reference_gram(flat) -> np.ndarray:
@@ -32,6 +39,8 @@ def random_stack(num_tasks: int, size: int, seed: int, dtype=jnp.float32) -> jax
 
 def strategy(fn, *args) -> str:
     jaxpr = str(jax.make_jaxpr(fn)(*args))
+    if "ffi_call" in jaxpr:
+        return "native"
     if "while" in jaxpr or "scan" in jaxpr:  # a fori_loop with static bounds traces to a scan
         return "chunked"
     return "two_row" if "reduce_prod" in jaxpr else "fused"
@@ -166,3 +175,14 @@ def test_camegrad_update_does_not_depend_on_the_gram_strategy(monkeypatch):
     np.testing.assert_allclose(with_two_row[1], with_fused[1], rtol=1e-5)
     scale = np.max(np.abs(with_fused[0]))
     np.testing.assert_allclose(with_two_row[0], with_fused[0], rtol=0, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("num_tasks", [2, 4, 8])
+def test_gram_in_range_stores_no_copy_of_the_gradients(num_tasks):
+    # Both branches of the range check are compiled; the rescaling one must fuse its division
+    # into the reduction rather than store rescaled gradients (a whole extra stack in memory).
+    # The two-row form (K = 2) stores one row's worth, the product of the two rows.
+    flat = jnp.ones((num_tasks, 2 * MIN_SIZE + TWO_ROW_MIN), jnp.float32)
+    compiled = jax.jit(lambda x: _tree.gram_in_range([x], jnp.float32)).lower(flat).compile()
+    allowed = 1.01 * flat.nbytes / num_tasks if num_tasks == 2 else 0.05 * flat.nbytes
+    assert compiled.memory_analysis().temp_size_in_bytes < allowed
