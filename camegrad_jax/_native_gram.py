@@ -116,7 +116,8 @@ def _load() -> tuple[bool, str]:
     except subprocess.CalledProcessError as error:
         message = error.stderr.decode(errors="replace").strip().splitlines()
         return False, f"compiling {_SOURCE.name} failed: {message[-1] if message else error}"
-    except (OSError, AttributeError, subprocess.TimeoutExpired) as error:
+    except (OSError, RuntimeError, AttributeError, subprocess.TimeoutExpired) as error:
+        # RuntimeError: no home directory to cache in (Path.home()), among others.
         return False, f"loading the kernel failed: {error}"
     return True, f"compiled with {compiler}, cached in {_cache_dir()}"
 

@@ -173,3 +173,17 @@ def test_gram_in_range_with_the_kernel_stores_no_copy_of_the_gradients():
     compiled = jax.jit(lambda x: _tree.gram_in_range([x], jnp.float32)).lower(flat).compile()
     assert _native_gram.available() and "camegrad_jax_task_gram_f32" in compiled.as_text()
     assert compiled.memory_analysis().temp_size_in_bytes < 0.01 * flat.nbytes
+
+
+def test_an_unusable_cache_folder_leaves_the_xla_reductions_in_use():
+    env = dict(os.environ, CAMEGRAD_JAX_CACHE="/dev/null/camegrad_jax")
+    code = (
+        "import jax.numpy as jnp, camegrad_jax as cg; from camegrad_jax import _tree\n"
+        "print(cg.native_gram_status())\n"
+        "print(float(_tree.gram_matrix([jnp.ones((3, 10))], jnp.float32)[0, 1]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    status, value = out.stdout.strip().splitlines()
+    if _native_gram._compiler() is not None:
+        assert status.startswith("not in use: loading the kernel failed"), out.stderr
+    assert value == "10.0"
