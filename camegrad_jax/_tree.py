@@ -188,19 +188,15 @@ def _leaf_gram(flat: jax.Array, dtype: jnp.dtype) -> jax.Array:
     return _xla_leaf_gram(flat, dtype)
 
 
-def _xla_leaf_gram(flat: jax.Array, dtype: jnp.dtype, fuse_producer: bool = False) -> jax.Array:
+def _xla_leaf_gram(flat: jax.Array, dtype: jnp.dtype) -> jax.Array:
     """The XLA reduction fastest for the leaf's shape, of those above.
 
     The two-row form and the chunk walk were chosen from measurements on XLA:CPU. The chunk walk
     is a sequential loop: it suits a CPU's caches, not an accelerator, where each iteration would
-    be a kernel launch; there the fused reduction stays. Both store something of the size of the
-    leaf's rows if the leaf is computed right before (rescaled, say): with `fuse_producer` the
-    fused reduction, which fuses that computation, serves instead.
+    be a kernel launch; there the fused reduction stays.
     """
     num_tasks, size = flat.shape
     on_cpu = jax.default_backend() == "cpu"
-    if fuse_producer:
-        return _fused_leaf_gram(flat, dtype)
     if num_tasks == 2 and size >= _TWO_ROW_MIN_SIZE and on_cpu:
         return _two_row_leaf_gram(flat, dtype)
     if (
@@ -220,16 +216,14 @@ def gram_matrix(
 
     `fuse_producer`: the leaves are computed just before (a rescaling, say), and the reduction
     must fuse that computation instead of reading a stored copy of them: the fused XLA
-    reduction, never the kernel (a custom call), the chunk walk (a loop) or the two-row form.
+    reduction, never the kernel (a custom call), the chunk walk (a loop) or the two-row form
+    (each would store the computed leaves, or a row's worth of them, first).
     """
     num_tasks = leaves[0].shape[0]
+    leaf_gram = _fused_leaf_gram if fuse_producer else _leaf_gram
     gram = jnp.zeros((num_tasks, num_tasks), dtype)
     for leaf in leaves:
-        flat = leaf.reshape(num_tasks, -1)
-        if fuse_producer:
-            gram = gram + _xla_leaf_gram(flat, dtype, fuse_producer=True)
-        else:
-            gram = gram + _leaf_gram(flat, dtype)
+        gram = gram + leaf_gram(leaf.reshape(num_tasks, -1), dtype)
     return gram
 
 
