@@ -6,7 +6,7 @@
     camegrad-rrg train --resume --save-dir runs/rrg
     camegrad-rrg evaluate runs/rrg [--split test] [--checkpoint best]
     camegrad-rrg make-synthetic data/synthetic [--num-train 1000] [--force]
-    camegrad-rrg compare --quick --out runs/demo          # linear vs CAME-Grad, the demo
+    camegrad-rrg compare --quick --select-by ce_example_no_nf_f1 --out runs/demo   # the demo
     camegrad-rrg compare --methods all --seeds 0,1,2 [--sweep] --out runs/compare
 
 Without ``--ann-path``, ``train`` uses the embedded synthetic data set. Each subcommand is one
